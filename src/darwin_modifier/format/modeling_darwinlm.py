@@ -35,25 +35,51 @@ class DarwinLMDecoderLayer(GradientCheckpointingLayer):
 
     def __init__(self, config, layer_idx: int, cache_idx: int, blocks):
         super().__init__()
-        attention_cls, mlp_cls, norm_cls = blocks
-        num_heads = config.layer_num_attention_heads[layer_idx]
-        width = config.layer_intermediate_size[layer_idx]
+        self.blocks = blocks  # (attention, MLP, RMSNorm) classes of the parent family
         self.self_attn = self.input_layernorm = None
         self.mlp = self.post_attention_layernorm = None
-        if num_heads:
-            view = _LayerView(
-                config,
-                num_attention_heads=num_heads,
-                num_key_value_heads=config.layer_num_key_value_heads[layer_idx],
-            )
-            self.self_attn = attention_cls(view, cache_idx)
-            self.self_attn.config = config  # live attn_implementation after loading
-            self.input_layernorm = norm_cls(config.hidden_size, eps=config.rms_norm_eps)
-        if width:
-            self.mlp = mlp_cls(_LayerView(config, intermediate_size=width))
-            self.post_attention_layernorm = norm_cls(
-                config.hidden_size, eps=config.rms_norm_eps
-            )
+        self.resize(config, layer_idx, cache_idx)
+
+    def resize(self, config, layer_idx: int, cache_idx: int) -> None:
+        """(Re)build the sub-blocks whose size in ``config`` differs from the current.
+
+        Used at construction, and by the search to swap one block's level in place.
+        """
+        attention_cls, mlp_cls, norm_cls = self.blocks
+        num_heads = config.layer_num_attention_heads[layer_idx]
+        num_kv = config.layer_num_key_value_heads[layer_idx]
+        width = config.layer_intermediate_size[layer_idx]
+        if (num_heads, num_kv) != self.attention_size:
+            self.self_attn = self.input_layernorm = None
+            if num_heads:
+                view = _LayerView(
+                    config, num_attention_heads=num_heads, num_key_value_heads=num_kv
+                )
+                self.self_attn = attention_cls(view, cache_idx)
+                self.self_attn.config = config  # live attn_implementation
+                self.input_layernorm = norm_cls(config.hidden_size, eps=config.rms_norm_eps)
+        if width != self.mlp_width:
+            self.mlp = self.post_attention_layernorm = None
+            if width:
+                self.mlp = mlp_cls(_LayerView(config, intermediate_size=width))
+                self.post_attention_layernorm = norm_cls(
+                    config.hidden_size, eps=config.rms_norm_eps
+                )
+
+    @property
+    def attention_size(self) -> tuple[int, int]:
+        """(query heads, KV heads) of the attention block; (0, 0) when removed."""
+        if self.self_attn is None:
+            return 0, 0
+        head_dim = self.self_attn.head_dim
+        return (
+            self.self_attn.q_proj.out_features // head_dim,
+            self.self_attn.k_proj.out_features // head_dim,
+        )
+
+    @property
+    def mlp_width(self) -> int:
+        return 0 if self.mlp is None else self.mlp.down_proj.in_features
 
     def forward(
         self,

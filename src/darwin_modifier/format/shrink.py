@@ -15,9 +15,9 @@ from torch import nn
 
 from darwin_modifier.families import family_of
 from darwin_modifier.format import CONFIG_CLASSES, MODEL_CLASSES
-from darwin_modifier.plan import DenseShape, Plan, attention_layout
+from darwin_modifier.plan import DenseShape, LayerPlan, Plan, attention_layout
 
-__all__ = ["shrunk_config", "shrink", "shrink_state_dict", "dense_plan_of"]
+__all__ = ["block_state", "dense_plan_of", "shrink", "shrink_state_dict", "shrunk_config"]
 
 # (layer index, "o_proj" | "down_proj") -> weight of the kept input columns, plan order
 WeightOverrides = Mapping[tuple[int, str], torch.Tensor]
@@ -65,48 +65,61 @@ def shrink_state_dict(
 ) -> dict[str, torch.Tensor]:
     """The shrunk model's state dict, sliced from a dense (HF-named) state dict."""
     overrides = overrides or {}
-    hd = plan.shape.head_dim
-    out: dict[str, torch.Tensor] = {}
-    for name, tensor in dense_state.items():
-        if not name.startswith("model.layers."):
-            out[name] = tensor
+    out = {k: v for k, v in dense_state.items() if not k.startswith("model.layers.")}
     for i, layer in enumerate(plan.layers):
         pre = f"model.layers.{i}."
-        q_order, kv_order = attention_layout(layer, plan.shape)
-        if q_order:
-            q_idx, kv_idx = _rows(q_order, hd), _rows(kv_order, hd)
-            for proj, idx in (
-                ("q_proj", q_idx),
-                ("k_proj", kv_idx),
-                ("v_proj", kv_idx),
-            ):
-                for kind in ("weight", "bias"):
-                    key = f"{pre}self_attn.{proj}.{kind}"
-                    if key in dense_state:
-                        out[key] = dense_state[key][idx]
-            o_key = f"{pre}self_attn.o_proj.weight"
-            out[o_key] = overrides.get((i, "o_proj"), dense_state[o_key][:, q_idx])
-            _copy(dense_state, out, f"{pre}self_attn.o_proj.bias")
-            _copy(dense_state, out, f"{pre}input_layernorm.weight")
-        if layer.mlp_channels:
-            idx = torch.tensor(layer.mlp_channels, dtype=torch.long)
-            for proj in ("gate_proj", "up_proj"):
-                out[f"{pre}mlp.{proj}.weight"] = dense_state[f"{pre}mlp.{proj}.weight"][
-                    idx
-                ]
-                key = f"{pre}mlp.{proj}.bias"
-                if key in dense_state:
-                    out[key] = dense_state[key][idx]
-            d_key = f"{pre}mlp.down_proj.weight"
-            out[d_key] = overrides.get((i, "down_proj"), dense_state[d_key][:, idx])
-            _copy(dense_state, out, f"{pre}mlp.down_proj.bias")
-            _copy(dense_state, out, f"{pre}post_attention_layernorm.weight")
-    return {k: v.contiguous() for k, v in out.items()}
+        for kind in ("attn", "mlp"):
+            block = block_state(dense_state, pre, layer, plan.shape, kind, overrides, i)
+            out.update({pre + k: v for k, v in block.items()})
+    return out
 
 
-def _copy(src: Mapping[str, torch.Tensor], dst: dict, key: str) -> None:
-    if key in src:
-        dst[key] = src[key]
+def block_state(
+    dense_state: Mapping[str, torch.Tensor],
+    prefix: str,
+    layer: LayerPlan,
+    shape: DenseShape,
+    kind: str,
+    overrides: WeightOverrides,
+    index: int,
+) -> dict[str, torch.Tensor]:
+    """Weights of one sub-block (``"attn"`` or ``"mlp"``, with its norm), layer-relative.
+
+    ``prefix`` names the dense layer (``model.layers.{i}.``); ``overrides`` may hold the
+    OBS-updated o_proj / down_proj columns for ``(index, "o_proj" | "down_proj")``.
+    """
+    out: dict[str, torch.Tensor] = {}
+
+    def take(name: str, rows: torch.Tensor | None = None) -> None:
+        key = prefix + name
+        if key in dense_state:
+            tensor = dense_state[key]
+            out[name] = (tensor if rows is None else tensor[rows]).contiguous()
+
+    if kind == "attn" and layer.q_heads:
+        q_order, kv_order = attention_layout(layer, shape)
+        q_idx, kv_idx = _rows(q_order, shape.head_dim), _rows(kv_order, shape.head_dim)
+        for proj, idx in (("q_proj", q_idx), ("k_proj", kv_idx), ("v_proj", kv_idx)):
+            take(f"self_attn.{proj}.weight", idx)
+            take(f"self_attn.{proj}.bias", idx)
+        o_weight = overrides.get((index, "o_proj"))
+        if o_weight is None:
+            o_weight = dense_state[prefix + "self_attn.o_proj.weight"][:, q_idx]
+        out["self_attn.o_proj.weight"] = o_weight.contiguous()
+        take("self_attn.o_proj.bias")
+        take("input_layernorm.weight")
+    elif kind == "mlp" and layer.mlp_channels:
+        idx = torch.tensor(layer.mlp_channels, dtype=torch.long)
+        for proj in ("gate_proj", "up_proj"):
+            take(f"mlp.{proj}.weight", idx)
+            take(f"mlp.{proj}.bias", idx)
+        d_weight = overrides.get((index, "down_proj"))
+        if d_weight is None:
+            d_weight = dense_state[prefix + "mlp.down_proj.weight"][:, idx]
+        out["mlp.down_proj.weight"] = d_weight.contiguous()
+        take("mlp.down_proj.bias")
+        take("post_attention_layernorm.weight")
+    return out
 
 
 def shrink(
@@ -117,7 +130,18 @@ def shrink(
     dtype = next(model.parameters()).dtype
     with torch.device("meta"):
         small = MODEL_CLASSES[config.model_type](config).to(dtype)
-    state = shrink_state_dict(model.state_dict(), plan, overrides)
+    dense_state = model.state_dict()
+    state = shrink_state_dict(dense_state, plan, overrides)
+    # Unsliced tensors (embeddings, norms) still alias the dense model: copy them, so
+    # training one model never changes the other.
+    dense_storages = {t.untyped_storage().data_ptr() for t in dense_state.values()}
+    device = next(model.parameters()).device
+    state = {
+        k: (v.clone() if v.untyped_storage().data_ptr() in dense_storages else v).to(
+            device, dtype if v.is_floating_point() else v.dtype
+        )
+        for k, v in state.items()
+    }
     if config.tie_word_embeddings:
         state.pop("lm_head.weight", None)
     missing, unexpected = small.load_state_dict(state, strict=False, assign=True)
@@ -131,7 +155,7 @@ def shrink(
     if config.tie_word_embeddings:
         small.tie_weights()
     # Buffers (rotary inverse frequencies) are not in the state dict: recompute them.
-    with torch.device(next(model.parameters()).device):
+    with torch.device(device):
         small.model.rotary_emb = type(small.model.rotary_emb)(config=config)
     small.generation_config = model.generation_config
     return small.eval() if not model.training else small

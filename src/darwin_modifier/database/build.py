@@ -1,0 +1,83 @@
+"""Calibration -> database, one decoder layer at a time.
+
+The caller (the modifier, inside LLM Compressor's sequential pipeline) attaches
+:meth:`DatabaseBuilder.hook` to the modules of :meth:`watched` as forward hooks. Inputs
+come from the dense model: the modifier changes no weight during calibration, so the
+activations the pipeline propagates are the dense ones (method.md §1). As soon as a
+layer's two Hessians are complete (the pipeline signals the end of its subgraph), the
+layer is pruned at every level and written; its Hessians are freed.
+"""
+
+from __future__ import annotations
+
+from loguru import logger
+from torch import nn
+
+from darwin_modifier.database.hessian import HessianAccumulator
+from darwin_modifier.database.prune import prune_layer
+from darwin_modifier.database.store import DatabaseStore
+
+
+class DatabaseBuilder:
+    def __init__(
+        self, model: nn.Module, store: DatabaseStore, gqa_mode: str, damp: float
+    ):
+        self.store = store
+        self.gqa_mode = gqa_mode
+        self.damp = damp
+        self.accumulator = HessianAccumulator()
+        self._pending: dict[int, tuple[nn.Module, nn.Module]] = {
+            i: (layer.self_attn.o_proj, layer.mlp.down_proj)
+            for i, layer in enumerate(model.model.layers)
+            if i not in store.done_layers()
+        }
+        if store.done_layers():
+            logger.info(
+                f"database at {store.root}: resuming, {len(store.done_layers())} of "
+                f"{store.shape.num_layers} layers already built"
+            )
+
+    def watched(self) -> list[nn.Module]:
+        """Modules whose inputs are still needed."""
+        return [m for pair in self._pending.values() for m in pair]
+
+    def hook(self, module: nn.Module, args: tuple, output) -> None:
+        self.accumulator.hook(module, args, output)
+
+    def finish_ready_layers(self, modules: list[nn.Module] | None = None) -> None:
+        """Prune and store every pending layer whose inputs were all seen.
+
+        With ``modules`` (the subgraph the pipeline just calibrated), only layers inside
+        it count as complete; without, every layer with both Hessians is.
+        """
+        inside = None
+        if modules is not None:
+            inside = {id(sub) for m in modules for sub in m.modules()}
+        for index in sorted(self._pending):
+            o_proj, down_proj = self._pending[index]
+            seen = all(m in self.accumulator.hessians for m in (o_proj, down_proj))
+            if seen and (inside is None or id(down_proj) in inside):
+                self._finish(index, o_proj, down_proj)
+
+    def finish_all(self) -> None:
+        self.finish_ready_layers()
+        if self._pending:
+            raise RuntimeError(
+                f"calibration never reached layers {sorted(self._pending)}; the database "
+                "cannot be completed"
+            )
+
+    def _finish(self, index: int, o_proj: nn.Module, down_proj: nn.Module) -> None:
+        levels, stats = prune_layer(
+            o_proj.weight.data,
+            self.accumulator.pop(o_proj),
+            down_proj.weight.data,
+            self.accumulator.pop(down_proj),
+            self.store.shape,
+            self.store.ladders,
+            self.gqa_mode,
+            self.damp,
+        )
+        self.store.write_layer(index, levels, stats)
+        del self._pending[index]
+        logger.debug(f"database layer {index} written")

@@ -1,0 +1,213 @@
+"""The database on disk: per layer, per module, per level only what is kept.
+
+Layout of a database directory::
+
+    manifest.json          what it was built from, the ladders, per-level stats, done layers
+    layer_000.safetensors  ``{attn|mlp}.{count}.kept`` (int64) and ``.weight`` (kept columns)
+
+A level is stored once per distinct kept count (ladders may repeat counts), and the dense
+level (the model's own weight) and the empty level are not stored at all, so the database
+is well under half of the authors' full-shape layout. Tensors are read lazily through
+``safe_open`` (memory-mapped): loading one module at one level touches only that tensor.
+Each layer file is written to a temporary name and renamed, and the manifest is rewritten
+after it, so a killed build resumes from the finished layers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from darwin_modifier.plan import DenseShape
+
+FORMAT_VERSION = 1
+MODULES = ("attn", "mlp")  # self_attn.o_proj (heads) and mlp.down_proj (channels)
+
+
+@dataclass(frozen=True)
+class LevelEntry:
+    """Kept dense units (query heads or MLP channels) and their OBS-updated columns."""
+
+    kept: list[int]
+    weight: torch.Tensor | None  # None: dense level (use the model's weight) or empty
+
+
+def fingerprint(tokens: torch.Tensor) -> str:
+    """Identifies the calibration data, so a database is never mixed across data."""
+    data = tokens.to(torch.int64).contiguous().numpy().tobytes()
+    return (
+        hashlib.sha256(data).hexdigest()[:16] + f"-{tokens.shape[0]}x{tokens.shape[1]}"
+    )
+
+
+class DatabaseStore:
+    """Read/write access to one database directory."""
+
+    def __init__(self, root: str | Path, manifest: dict):
+        self.root = Path(root)
+        self.manifest = manifest
+        self.shape = DenseShape(**manifest["shape"])
+        self.ladders: dict[str, list[int]] = manifest["ladders"]
+        self._handles: dict[int, object] = {}
+
+    # ---- creation, resume, refusal --------------------------------------------------
+
+    @classmethod
+    def open_or_create(
+        cls, root: str | Path, identity: dict, ladders: dict
+    ) -> DatabaseStore:
+        """Resume a partial database built from the same inputs, or start a new one.
+
+        ``identity`` holds everything that decides the database's content (source model,
+        calibration fingerprint, GQA mode, damping, dtype, shape); a directory built from
+        anything else is refused instead of being silently mixed.
+        """
+        root = Path(root)
+        path = root / "manifest.json"
+        if path.exists():
+            store = cls.open(root)
+            stored = {k: store.manifest.get(k) for k in identity}
+            changed = {
+                k: (stored[k], v)
+                for k, v in identity.items()
+                if stored[k] != _jsonable(v)
+            }
+            if store.ladders != ladders:
+                changed["ladders"] = (store.ladders, ladders)
+            if changed:
+                details = "; ".join(
+                    f"{k}: stored {a!r}, now {b!r}" for k, (a, b) in changed.items()
+                )
+                raise ValueError(
+                    f"database at {root} was built from different inputs ({details}); "
+                    "use another database directory or delete this one"
+                )
+            return store
+        root.mkdir(parents=True, exist_ok=True)
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            **_jsonable(identity),
+            "ladders": ladders,
+            "layers": {},
+        }
+        store = cls(root, manifest)
+        store._write_manifest()
+        return store
+
+    @classmethod
+    def open(cls, root: str | Path, config=None) -> DatabaseStore:
+        """Open an existing database; with ``config``, refuse one built for another model."""
+        root = Path(root)
+        path = root / "manifest.json"
+        if not path.exists():
+            raise FileNotFoundError(f"no database at {root} (manifest.json is missing)")
+        try:
+            manifest = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(
+                f"database manifest {path} is corrupt ({err}); rebuild it"
+            ) from err
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise ValueError(
+                f"database at {root} has format {manifest.get('format_version')}, this "
+                f"version reads {FORMAT_VERSION}; rebuild it"
+            )
+        store = cls(root, manifest)
+        if config is not None and DenseShape.from_config(config) != store.shape:
+            raise ValueError(
+                f"database at {root} was built for a model of shape {store.shape}, not "
+                f"{DenseShape.from_config(config)}; build one for this model"
+            )
+        return store
+
+    # ---- writing ----------------------------------------------------------------------
+
+    def done_layers(self) -> set[int]:
+        return {int(i) for i in self.manifest["layers"]}
+
+    def is_complete(self) -> bool:
+        return self.done_layers() == set(range(self.shape.num_layers))
+
+    def require_complete(self) -> None:
+        missing = sorted(set(range(self.shape.num_layers)) - self.done_layers())
+        if missing:
+            raise ValueError(
+                f"database at {self.root} is incomplete: layers {missing} are missing; "
+                "run the build again to resume it"
+            )
+
+    def write_layer(
+        self, index: int, levels: dict[str, list], stats: dict[str, list]
+    ) -> None:
+        """Store one layer: ``levels[module]`` lists ``(count, kept, weight)`` per level."""
+        tensors: dict[str, torch.Tensor] = {}
+        for module, entries in levels.items():
+            total = self.ladders[module][0]
+            for count, kept, weight in entries:
+                key = f"{module}.{count}"
+                if count in (0, total) or f"{key}.kept" in tensors:
+                    continue
+                tensors[f"{key}.kept"] = torch.as_tensor(kept, dtype=torch.int64)
+                tensors[f"{key}.weight"] = weight.detach().to("cpu").contiguous()
+        final = self._layer_path(index)
+        partial = final.with_suffix(".partial")
+        save_file(tensors, partial)
+        os.replace(partial, final)
+        self._handles.pop(index, None)
+        self.manifest["layers"][str(index)] = stats
+        self._write_manifest()
+
+    def _write_manifest(self) -> None:
+        path = self.root / "manifest.json"
+        partial = path.with_suffix(".partial")
+        partial.write_text(json.dumps(self.manifest, indent=1))
+        os.replace(partial, path)
+
+    # ---- reading -----------------------------------------------------------------------
+
+    def entry(self, index: int, module: str, level: int) -> LevelEntry:
+        """Kept units and weight of one module at one level (cheap, memory-mapped)."""
+        count = self.ladders[module][level]
+        if count == self.ladders[module][0]:
+            dense = (
+                self.shape.num_heads
+                if module == "attn"
+                else self.shape.intermediate_size
+            )
+            return LevelEntry(list(range(dense)), None)
+        if count == 0:
+            return LevelEntry([], None)
+        handle = self._handle(index)
+        kept = handle.get_tensor(f"{module}.{count}.kept").tolist()
+        return LevelEntry(kept, handle.get_tensor(f"{module}.{count}.weight"))
+
+    def params(self, index: int, module: str, level: int) -> int:
+        """Physical parameters of the module's block at ``level`` in layer ``index``."""
+        return self.layer_stats(index)[module][level]["params"]
+
+    def layer_stats(self, index: int) -> dict:
+        return self.manifest["layers"][str(index)]
+
+    def _handle(self, index: int):
+        if index not in self._handles:
+            if str(index) not in self.manifest["layers"]:
+                raise ValueError(f"layer {index} is not in the database at {self.root}")
+            self._handles[index] = safe_open(self._layer_path(index), framework="pt")
+        return self._handles[index]
+
+    def _layer_path(self, index: int) -> Path:
+        return self.root / f"layer_{index:03d}.safetensors"
+
+    def nbytes(self) -> int:
+        return sum(p.stat().st_size for p in self.root.glob("layer_*.safetensors"))
+
+
+def _jsonable(value):
+    return json.loads(json.dumps(value))

@@ -1,0 +1,1 @@
+"""Evolutionary search over per-module database levels (../shared/method.md §3)."""

@@ -1,0 +1,100 @@
+"""One working model whose blocks follow a genome; candidates differ by swapped blocks.
+
+The authors deep-copy the whole model per candidate and reload changed modules from
+disk. Here a single shrunk model is kept: moving to another genome rebuilds only the
+blocks whose level changed (sliced from the dense weights and the memory-mapped
+database), and after a candidate's light training every parameter is restored in place
+from an in-memory copy of its untrained value. Memory: the dense model (read only), one
+shrunk model, and its untrained copy.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from darwin_modifier.database.store import DatabaseStore
+from darwin_modifier.format.shrink import block_state, shrink
+from darwin_modifier.plan import LayerPlan, attention_layout
+from darwin_modifier.search.genome import Genome
+
+_BLOCK_KEYS = {
+    "attn": ("self_attn.", "input_layernorm."),
+    "mlp": ("mlp.", "post_attention_layernorm."),
+}
+
+
+class Workbench:
+    def __init__(self, dense: nn.Module, store: DatabaseStore, genome: Genome):
+        self.dense_state = dense.state_dict()
+        self.store = store
+        self.genome = genome
+        plan, overrides = self._assemble(genome)
+        self.model = shrink(dense, plan, overrides)
+        self.model.config.use_cache = False
+        self.dtype = next(self.model.parameters()).dtype
+        self._pristine = {
+            k: v.detach().clone() for k, v in self.model.state_dict().items()
+        }
+
+    def _assemble(self, genome: Genome):
+        from darwin_modifier.database.assemble import assemble
+
+        return assemble(self.store, genome.attn, genome.mlp)
+
+    @torch.no_grad()
+    def load(self, genome: Genome) -> nn.Module:
+        """The model of ``genome`` with untrained (database) weights."""
+        changed = [
+            (i, kind)
+            for kind in ("attn", "mlp")
+            for i, (old, new) in enumerate(
+                zip(getattr(self.genome, kind), getattr(genome, kind))
+            )
+            if old != new
+        ]
+        for i, kind in changed:
+            self._swap(i, kind, getattr(genome, kind)[i])
+        self.genome = genome
+        self.restore()
+        return self.model
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        """Undo training: every parameter back to its untrained value, in place."""
+        for name, tensor in self.model.state_dict().items():
+            tensor.copy_(self._pristine[name])
+
+    def _swap(self, index: int, kind: str, level: int) -> None:
+        config = self.model.config
+        entry = self.store.entry(index, kind, level)
+        shape = self.store.shape
+        if kind == "attn":
+            layer_plan = LayerPlan(entry.kept, ())
+            q_order, kv_order = attention_layout(layer_plan, shape)
+            config.layer_num_attention_heads[index] = len(q_order)
+            config.layer_num_key_value_heads[index] = len(kv_order)
+        else:
+            layer_plan = LayerPlan((), entry.kept)
+            config.layer_intermediate_size[index] = len(entry.kept)
+        layer = self.model.model.layers[index]
+        prefix = f"model.layers.{index}."
+        overrides = {}
+        if entry.weight is not None:
+            overrides[(index, "o_proj" if kind == "attn" else "down_proj")] = (
+                entry.weight
+            )
+        state = block_state(
+            self.dense_state, prefix, layer_plan, shape, kind, overrides, index
+        )
+        for key in [k for k in self._pristine if k.startswith(prefix)]:
+            if key[len(prefix) :].startswith(_BLOCK_KEYS[kind]):
+                del self._pristine[key]
+        device = next(self.model.parameters()).device
+        with torch.device("meta"):
+            layer.resize(config, index, cache_idx=index)  # no KV cache in the search
+        if state:
+            state = {k: v.to(device, self.dtype) for k, v in state.items()}
+            layer.load_state_dict(state, strict=False, assign=True)
+            for k, v in state.items():
+                self._pristine[prefix + k] = v.detach().clone()

@@ -1,0 +1,83 @@
+"""Recipe round trip: YAML -> DarwinLMModifier -> oneshot -> saved checkpoint -> reload."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from darwin_modifier.data import corpus_split, fetch_default_model
+from tests.conftest import tiny_model
+
+RECIPE = """
+darwin_stage:
+  darwin_modifiers:
+    DarwinLMModifier:
+      target_fraction: 0.5
+      database_dir: {db}
+      search_dir: {search}
+      mlp_multiple: 8
+      generations: 2
+      offspring: 4
+      selection_stages:
+        - {{survivors: 2, train_tokens: 64, fitness_tokens: 64}}
+        - {{survivors: 1, train_tokens: 64, fitness_tokens: 128}}
+      search_seq_len: 32
+      fitness_pool_tokens: 512
+      train_pool_tokens: 512
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """A tiny random Llama with the real SmolLM2 tokenizer, saved like a hub model."""
+    path = tmp_path_factory.mktemp("tiny")
+    tokenizer = AutoTokenizer.from_pretrained(fetch_default_model())
+    model = tiny_model("llama", vocab_size=len(tokenizer))
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def calibration_dataset(n: int = 8) -> Dataset:
+    return Dataset.from_dict({"text": corpus_split("calibration")[:n]})
+
+
+def run_oneshot(model_dir, tmp_path, **overrides):
+    from llmcompressor import oneshot
+
+    import darwin_modifier  # noqa: F401  (registers DarwinLMModifier for YAML)
+
+    recipe = RECIPE.format(db=tmp_path / "db", search=tmp_path / "search")
+    for key, value in overrides.items():
+        recipe += f"      {key}: {value}\n"
+    return oneshot(
+        model=str(model_dir),
+        dataset=calibration_dataset(),
+        recipe=recipe,
+        output_dir=str(tmp_path / "out"),
+        num_calibration_samples=8,
+        max_seq_length=64,
+        shuffle_calibration_samples=False,
+    )
+
+
+def test_recipe_round_trip(tiny_dir, tmp_path):
+    model = run_oneshot(tiny_dir, tmp_path)
+    out = tmp_path / "out"
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "darwinlm_llama"
+    result = json.loads((tmp_path / "search" / "result.json").read_text())
+    assert config["layer_intermediate_size"] == [w for _, _, w in result["darwinlm"]["layer_sizes"]]
+    dense_blocks = result["uniform"]["params"] / result["darwinlm"]["kept_fraction"]
+    assert result["darwinlm"]["params"] <= 0.5 * dense_blocks + 1
+    reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    ids = torch.arange(1, 17).view(1, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, model.eval()(ids).logits)
+    assert (tmp_path / "search" / "profile.png").exists()
+    assert (tmp_path / "search" / "search_curve.png").exists()
+    assert len(result["fitness"]) == 2
