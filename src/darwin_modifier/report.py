@@ -11,14 +11,22 @@ from darwin_modifier.search.genome import Genome
 
 
 def write_report(
-    out_dir: Path, store: DatabaseStore, parent: Genome, best: Genome, history: list[dict]
+    out_dir: Path,
+    store: DatabaseStore,
+    parent: Genome,
+    best: Genome,
+    history: list[dict],
 ) -> dict:
     """``result.json``, ``search_curve.png`` and ``profile.png`` in ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     uniform_plan, _ = assemble(store, parent.attn, parent.mlp)
     best_plan, _ = assemble(store, best.attn, best.mlp)
     result = {
-        "uniform": {"genome": parent.to_dict(), "params": uniform_plan.block_params()},
+        "uniform": {
+            "genome": parent.to_dict(),
+            "params": uniform_plan.block_params(),
+            "kept_fraction": uniform_plan.kept_fraction(),
+        },
         "darwinlm": {
             "genome": best.to_dict(),
             "params": best_plan.block_params(),
@@ -31,7 +39,9 @@ def write_report(
     }
     (out_dir / "result.json").write_text(json.dumps(result, indent=1))
     _plot_curve(out_dir / "search_curve.png", history)
-    _plot_profile(out_dir / "profile.png", uniform_plan.layer_sizes(), best_plan.layer_sizes())
+    _plot_profile(
+        out_dir / "profile.png", uniform_plan.layer_sizes(), best_plan.layer_sizes()
+    )
     return result
 
 
@@ -46,7 +56,9 @@ def _plot_curve(path: Path, history: list[dict]) -> None:
     gens = [r["generation"] for r in history]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(gens, [r["fitness"] for r in history], label="parent (last stage)")
-    ax.plot(gens, [r["stage1_median"] for r in history], label="offspring median (stage 1)")
+    ax.plot(
+        gens, [r["stage1_median"] for r in history], label="offspring median (stage 1)"
+    )
     ax.set_xlabel("generation")
     ax.set_ylabel("KL(dense ‖ pruned)")
     ax.set_yscale("log")
@@ -66,11 +78,15 @@ def _plot_profile(path: Path, uniform: list, best: list) -> None:
     layers = range(len(best))
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 5), sharex=True)
     top.bar(layers, [q for q, _, _ in best], color="tab:blue", label="DarwinLM")
-    top.step(layers, [q for q, _, _ in uniform], where="mid", color="k", label="uniform")
+    top.step(
+        layers, [q for q, _, _ in uniform], where="mid", color="k", label="uniform"
+    )
     top.set_ylabel("query heads")
     top.legend(loc="upper right")
     bottom.bar(layers, [w for _, _, w in best], color="tab:orange", label="DarwinLM")
-    bottom.step(layers, [w for _, _, w in uniform], where="mid", color="k", label="uniform")
+    bottom.step(
+        layers, [w for _, _, w in uniform], where="mid", color="k", label="uniform"
+    )
     bottom.set_ylabel("MLP width")
     bottom.set_xlabel("decoder layer")
     fig.suptitle("Per-layer profile")

@@ -186,7 +186,10 @@ class DatabaseStore:
             return LevelEntry([], None)
         handle = self._handle(index)
         kept = handle.get_tensor(f"{module}.{count}.kept").tolist()
-        return LevelEntry(kept, handle.get_tensor(f"{module}.{count}.weight"))
+        # A copy: safetensors may hand out views of its memory map, which training a
+        # candidate would then change for every later reader in this process.
+        weight = handle.get_tensor(f"{module}.{count}.weight").clone()
+        return LevelEntry(kept, weight)
 
     def params(self, index: int, module: str, level: int) -> int:
         """Physical parameters of the module's block at ``level`` in layer ``index``."""

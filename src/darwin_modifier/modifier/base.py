@@ -70,7 +70,9 @@ class DarwinLMModifier(Modifier):
     # search
     generations: int = Field(default=200, ge=0)
     offspring: int = Field(default=16, ge=1)
-    selection_stages: list[StageSpec] = Field(default_factory=lambda: list(PAPER_STAGE_SPECS))
+    selection_stages: list[StageSpec] = Field(
+        default_factory=lambda: list(PAPER_STAGE_SPECS)
+    )
     max_flips: int = Field(default=3, ge=1)
     learning_rate: float = Field(default=1e-5, gt=0)
     fitness: Literal["kl", "topk_kl"] = "kl"
@@ -103,7 +105,9 @@ class DarwinLMModifier(Modifier):
             )
         from darwin_modifier.search.selection import Stage, check_stages
 
-        check_stages([Stage(**s.model_dump()) for s in self.selection_stages], self.offspring)
+        check_stages(
+            [Stage(**s.model_dump()) for s in self.selection_stages], self.offspring
+        )
         return self
 
     # ---- lifecycle ------------------------------------------------------------------
@@ -200,7 +204,10 @@ def _calibration_fingerprint(state: State) -> str:
     for batch in loader:
         ids = batch["input_ids"] if isinstance(batch, dict) else batch[0]
         for row in torch.as_tensor(ids):
-            digests.append(hashlib.sha256(row.to(torch.int64).numpy().tobytes()).hexdigest())
-    return hashlib.sha256("".join(sorted(digests)).encode()).hexdigest()[:16] + f"-{len(digests)}"
-
-
+            digests.append(
+                hashlib.sha256(row.to(torch.int64).numpy().tobytes()).hexdigest()
+            )
+    return (
+        hashlib.sha256("".join(sorted(digests)).encode()).hexdigest()[:16]
+        + f"-{len(digests)}"
+    )

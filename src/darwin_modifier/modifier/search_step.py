@@ -37,10 +37,14 @@ def build_pools(modifier, model, tokenizer) -> Pools:
     n_train = -(-modifier.train_pool_tokens // seq)
     texts = load_texts(modifier.search_dataset, "train", modifier.search_text_column)
     windows = token_windows(texts, tokenizer, seq, n_fit + n_train, seed=modifier.seed)
-    order = torch.randperm(len(windows), generator=torch.Generator().manual_seed(modifier.seed))
+    order = torch.randperm(
+        len(windows), generator=torch.Generator().manual_seed(modifier.seed)
+    )
     fitness, train = windows[order[:n_fit]], windows[order[n_fit:]]
     topk = modifier.fitness_topk if modifier.fitness == "topk_kl" else None
-    logger.info(f"search pools: {n_fit} fitness and {n_train} training windows of {seq}")
+    logger.info(
+        f"search pools: {n_fit} fitness and {n_train} training windows of {seq}"
+    )
     return Pools.build(model, train, fitness, topk, modifier.eval_batch_size)
 
 
@@ -60,7 +64,12 @@ def search(modifier, model, store: DatabaseStore) -> Genome:
         pools = build_pools(modifier, model, tokenizer)
         bench = Workbench(model, store, parent)
         result = run_search(
-            bench, budget, parent, max_params, pools, search_settings(modifier),
+            bench,
+            budget,
+            parent,
+            max_params,
+            pools,
+            search_settings(modifier),
             modifier.search_dir,
         )
         best, history = result.best, result.history

@@ -94,7 +94,8 @@ class Workbench:
         with torch.device("meta"):
             layer.resize(config, index, cache_idx=index)  # no KV cache in the search
         if state:
-            state = {k: v.to(device, self.dtype) for k, v in state.items()}
+            # copy=True: unsliced tensors (norms) would otherwise alias the dense model
+            state = {k: v.to(device, self.dtype, copy=True) for k, v in state.items()}
             layer.load_state_dict(state, strict=False, assign=True)
             for k, v in state.items():
                 self._pristine[prefix + k] = v.detach().clone()

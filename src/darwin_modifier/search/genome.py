@@ -376,7 +376,8 @@ def mutate(
     one a step up (fewer params), among the pairs that keep the child within
     ``max_params`` (groups without one are not picked; if neither group has one, among
     all pairs, with a repair in the group). Then the fill (module docstring). Children
-    equal to the parent (physically) or in ``exclude``, and empty models, are redrawn.
+    equal to the parent (physically) or in ``exclude`` (compared canonically: pass what
+    this module returned), and empty models, are redrawn.
 
     ``max_params`` defaults to the parent's parameters; the search should pass its fixed
     target, so that a child can win back what rounding took from an earlier parent.

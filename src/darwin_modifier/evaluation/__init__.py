@@ -1,0 +1,1 @@
+"""Measuring results: held-out perplexity and KL to dense, and vLLM serving speed."""

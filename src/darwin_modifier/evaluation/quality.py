@@ -1,0 +1,60 @@
+"""Held-out perplexity and KL(dense ‖ model), side by side on the same token windows.
+
+lm-eval's tasks need the dataset hub, which these machines cannot reach; perplexity and
+KL on held-out text measure the same thing locally (quality at a given size).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from darwin_modifier.data.windows import load_texts, token_windows
+
+
+def heldout_windows(
+    tokenizer, source="python-docs", seq_len: int = 512, num_windows: int | None = 32
+) -> torch.Tensor:
+    texts = load_texts(source, "heldout")
+    return token_windows(texts, tokenizer, seq_len, num_windows, seed=1234)
+
+
+@torch.no_grad()
+def evaluate(
+    models: dict[str, nn.Module],
+    windows: torch.Tensor,
+    reference: str | None = "dense",
+    batch_size: int = 4,
+) -> dict[str, dict[str, float]]:
+    """Per model: perplexity, and (if ``reference`` is given) token-mean KL to it."""
+    totals = {name: {"nll": 0.0, "kl": 0.0} for name in models}
+    tokens = 0
+    for batch in tqdm(windows.split(batch_size), desc="evaluating", leave=False):
+        logprobs = {}
+        for name, model in models.items():
+            model.eval()
+            device = next(model.parameters()).device
+            logits = model(batch.to(device), use_cache=False).logits[:, :-1].float()
+            logprobs[name] = torch.log_softmax(logits, dim=-1).cpu()
+            target = batch[:, 1:].unsqueeze(-1)
+            totals[name]["nll"] -= logprobs[name].gather(-1, target).sum().item()
+        if reference is not None:
+            ref = logprobs[reference]
+            for name, lp in logprobs.items():
+                kl = (ref.exp() * (ref - lp)).sum(-1)
+                totals[name]["kl"] += kl.sum().item()
+        tokens += batch[:, 1:].numel()
+    results = {}
+    for name, total in totals.items():
+        results[name] = {"ppl": math.exp(total["nll"] / tokens)}
+        if reference is not None:
+            results[name]["kl"] = total["kl"] / tokens
+    return results
+
+
+def count_params(model: nn.Module) -> int:
+    """All parameters, tied ones once."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())

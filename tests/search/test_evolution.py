@@ -1,0 +1,141 @@
+"""The search loop: selection counts, candidate swapping, determinism and resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from darwin_modifier.database.assemble import assemble
+from darwin_modifier.database.prune import LadderSpec, prune_layer
+from darwin_modifier.database.store import DatabaseStore
+from darwin_modifier.format.shrink import shrink
+from darwin_modifier.plan import DenseShape
+from darwin_modifier.search.candidates import Workbench
+from darwin_modifier.search.evolution import Pools, SearchSettings, run_search
+from darwin_modifier.search.genome import Budget, Genome, initial_genome
+from darwin_modifier.search.selection import Stage, successive_halving
+from darwin_modifier.training.trainer import TrainSettings
+from tests.conftest import tiny_model
+
+STAGES = (Stage(2, 16, 32), Stage(1, 32, 64))
+
+
+def random_store(model, root, gqa_mode="query") -> DatabaseStore:
+    """A complete database from random input statistics (no calibration run needed)."""
+    shape = DenseShape.from_config(model.config)
+    ladders = LadderSpec(num_levels=5, mlp_multiple=8).ladders(shape, gqa_mode)
+    identity = {"shape": shape.__dict__, "gqa_mode": gqa_mode}
+    store = DatabaseStore.open_or_create(root, identity, ladders)
+    gen = torch.Generator().manual_seed(0)
+    for i, layer in enumerate(model.model.layers):
+        o_x = torch.randn(256, 128, generator=gen)
+        d_x = torch.randn(256, 96, generator=gen)
+        levels, stats = prune_layer(
+            layer.self_attn.o_proj.weight.data,
+            2 * o_x.T @ o_x / 256,
+            layer.mlp.down_proj.weight.data,
+            2 * d_x.T @ d_x / 256,
+            shape,
+            ladders,
+            gqa_mode,
+        )
+        store.write_layer(i, levels, stats)
+    return store
+
+
+@pytest.fixture
+def setup(tmp_path):
+    model = tiny_model("llama")
+    store = random_store(model, tmp_path / "db")
+    budget = Budget.from_store(store)
+    parent = initial_genome(budget, level=2)
+    windows = torch.randint(
+        0, 128, (16, 16), generator=torch.Generator().manual_seed(3)
+    )
+    pools = Pools.build(model, windows[8:], windows[:8], topk=None, batch_size=4)
+    return model, store, budget, parent, pools
+
+
+def search(setup, state_dir, generations: int, seed: int = 0):
+    model, store, budget, parent, pools = setup
+    settings = SearchSettings(
+        generations=generations,
+        offspring=4,
+        stages=STAGES,
+        seed=seed,
+        training=TrainSettings(lr=1e-3, bf16_autocast=False),
+    )
+    bench = Workbench(model, store, parent)
+    return run_search(
+        bench, budget, parent, budget.params(parent), pools, settings, state_dir
+    )
+
+
+def test_successive_halving_keeps_the_right_number():
+    children = [Genome((i,), (0,)) for i in range(1, 9)]
+    parent = Genome((0,), (0,))
+    seen: list[tuple[int, int]] = []
+
+    def evaluate(genome, stage):
+        seen.append((stage, genome.attn[0]))
+        return float(genome.attn[0])  # lower index is fitter
+
+    stages = (Stage(4, 0, 1), Stage(2, 0, 1), Stage(1, 0, 1))
+    best, scored = successive_halving(children, parent, stages, evaluate)
+    assert [len(s) for s in scored] == [8, 4, 3]  # the parent joins the last stage
+    assert best == parent
+    assert {a for stage, a in seen if stage == 1} == {1, 2, 3, 4}
+
+
+def test_successive_halving_refuses_bad_schedules():
+    parent = Genome((0,), (0,))
+    with pytest.raises(ValueError, match="last stage must keep exactly 1"):
+        successive_halving([parent], parent, (Stage(2, 0, 1),), lambda g, s: 0.0)
+    with pytest.raises(ValueError, match="keeps 8 of only 4"):
+        successive_halving([parent] * 4, parent, (Stage(8, 0, 1), Stage(1, 0, 1)), None)
+
+
+def test_workbench_swaps_blocks_and_restores_untrained_weights(setup):
+    model, store, budget, parent, pools = setup
+    bench = Workbench(model, store, parent)
+    other = Genome(
+        tuple(min(a + 1, 4) for a in parent.attn),
+        tuple(max(m - 1, 0) for m in parent.mlp),
+    )
+    ids = pools.fitness[:2]
+    fresh = shrink(model, *assemble(store, other.attn, other.mlp))
+    swapped = bench.load(other)
+    with torch.no_grad():
+        torch.testing.assert_close(swapped(ids).logits, fresh(ids).logits)
+    for p in swapped.parameters():  # "training"
+        p.data.add_(0.1)
+    back = bench.load(other)
+    with torch.no_grad():
+        torch.testing.assert_close(back(ids).logits, fresh(ids).logits)
+
+
+def test_same_seed_same_result_and_budget_holds(setup, tmp_path):
+    first = search(setup, tmp_path / "a", generations=3)
+    second = search(setup, tmp_path / "b", generations=3)
+    assert first.history == second.history
+    _, _, budget, parent, _ = setup
+    assert budget.params(first.best) <= budget.params(parent)
+    assert len(first.history) == 3
+    log = (tmp_path / "a" / "search_log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["generation"] for line in log] == [0, 1, 2]
+
+
+def test_resume_equals_uninterrupted(setup, tmp_path):
+    uninterrupted = search(setup, tmp_path / "full", generations=3)
+    search(setup, tmp_path / "killed", generations=1)  # "killed" after one generation
+    resumed = search(setup, tmp_path / "killed", generations=3)
+    assert resumed.best == uninterrupted.best
+    assert resumed.history == uninterrupted.history
+
+
+def test_resume_with_other_settings_is_refused(setup, tmp_path):
+    search(setup, tmp_path / "s", generations=1)
+    with pytest.raises(ValueError, match="different settings"):
+        search(setup, tmp_path / "s", generations=2, seed=7)
