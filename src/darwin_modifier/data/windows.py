@@ -14,7 +14,9 @@ import torch
 
 from darwin_modifier.data.corpus import SPLITS, corpus_split
 
-_HUB_SPLITS = {"calibration": "train", "train": "train", "heldout": "validation"}
+# Hub datasets: disjoint document ranges of the streamed "train" split, because many
+# pretraining corpora (FineWeb-Edu, ...) have no validation split.
+_HUB_RANGES = {"calibration": (0, 10_000), "train": (10_000, 30_000), "heldout": (30_000, 32_000)}
 
 
 def load_texts(
@@ -37,10 +39,9 @@ def load_texts(
         import datasets
 
         name, _, config = source.partition(":")
-        dataset = datasets.load_dataset(
-            name, config or None, split=_HUB_SPLITS[split], streaming=True
-        )
-        return _column(dataset.take(20_000), text_column, source)
+        dataset = datasets.load_dataset(name, config or None, split="train", streaming=True)
+        start, stop = _HUB_RANGES[split]
+        return _column(dataset.skip(start).take(stop - start), text_column, source)
     if isinstance(source, Sequence) and all(isinstance(t, str) for t in source):
         return list(source)
     return _column(source, text_column, type(source).__name__)
