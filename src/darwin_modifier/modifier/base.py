@@ -180,11 +180,10 @@ class DarwinLMModifier(Modifier):
                 f"{self.num_levels}; set num_levels to match"
             )
 
-    def target(self) -> tuple[int | None, int | None]:
-        """(target params, target level): exactly one is set."""
-        dense = Plan.dense(self._shape).block_params()
+    def target(self, dense_params: int) -> tuple[int | None, int | None]:
+        """(target params, target level) for a model of ``dense_params`` block params."""
         if self.target_fraction is not None:
-            return int(self.target_fraction * dense), None
+            return int(self.target_fraction * dense_params), None
         if self.target_params is not None:
             return self.target_params, None
         return None, 5 if self.target_level is None else self.target_level
