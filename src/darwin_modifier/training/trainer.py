@@ -1,8 +1,10 @@
-"""Full fine-tuning on token windows: plain PyTorch, AdamW, next-token loss.
+"""Full fine-tuning on token windows: plain PyTorch, AdamW, pluggable loss.
 
 A hand-written loop rather than ``transformers.Trainer`` or accelerate: the search calls
 it thousands of times on a few sequences each, where a Trainer's setup costs more than
-the training, and the loop must restart from in-place-restored weights every time.
+the training, and the loop must restart from in-place-restored weights every time. The
+same :class:`Trainer` serves post-compression training, with a schedule, evaluation,
+hooks and checkpoints that resume.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from darwin_modifier.training.losses import LossFn, causal_lm_loss
 
 
 @dataclass(frozen=True)
@@ -35,62 +39,90 @@ class TrainSettings:
             raise ValueError(f"lr must be positive, got {self.lr}")
 
 
-def causal_lm_loss(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy of ``ids`` (``[batch, seq]``)."""
-    logits = model(ids, use_cache=False).logits[:, :-1].float()
-    return nn.functional.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1)
-    )
-
-
 def _lr_factor(step: int, total: int, settings: TrainSettings) -> float:
     if step < settings.warmup_steps:
         return (step + 1) / settings.warmup_steps
     if settings.schedule == "cosine" and total > settings.warmup_steps:
         progress = (step - settings.warmup_steps) / (total - settings.warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * progress))
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
     return 1.0
 
 
-@torch.enable_grad()  # callers may sit in no_grad (LLM Compressor calibrates under it)
+# on_step(step, loss) -> True to stop
+StepHook = Callable[[int, float], bool | None]
+
+
+class Trainer:
+    """Optimizer, schedule and step counter of one training run; checkpointable."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        settings: TrainSettings = TrainSettings(),
+        total_steps: int = 0,
+        loss_fn: LossFn = causal_lm_loss,
+    ):
+        self.model, self.settings, self.loss_fn = model, settings, loss_fn
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            self.params, lr=settings.lr, weight_decay=settings.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: _lr_factor(step, total_steps, settings)
+        )
+        self.step = 0
+
+    @torch.enable_grad()  # callers may sit in no_grad (LLM Compressor calibrates there)
+    def train_step(self, ids: torch.Tensor) -> float:
+        device = next(self.model.parameters()).device
+        self.model.train()
+        with torch.autocast(
+            device.type, torch.bfloat16, enabled=self.settings.bf16_autocast
+        ):
+            loss = self.loss_fn(self.model, ids.to(device))
+        loss.backward()
+        if self.settings.max_grad_norm is not None:
+            nn.utils.clip_grad_norm_(self.params, self.settings.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return loss.item()
+
+    def run(self, batches: Iterable[torch.Tensor], on_step: StepHook | None = None):
+        """Train on ``batches``; returns the step losses. The model ends in eval mode."""
+        losses = []
+        try:
+            for ids in batches:
+                losses.append(self.train_step(ids))
+                if on_step is not None and on_step(self.step, losses[-1]):
+                    break
+        finally:
+            self.model.eval()
+        return losses
+
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "step": self.step,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = state["step"]
+
+
 def train(
     model: nn.Module,
     batches: Iterable[torch.Tensor],
     settings: TrainSettings = TrainSettings(),
-    loss_fn: Callable[[nn.Module, torch.Tensor], torch.Tensor] = causal_lm_loss,
-    on_step: Callable[[int, float], bool | None] | None = None,
+    loss_fn: LossFn = causal_lm_loss,
+    on_step: StepHook | None = None,
 ) -> list[float]:
-    """Train ``model`` in place on ``batches`` (each ``[batch, seq]`` token ids).
-
-    ``on_step(step, loss)`` may return True to stop early. Returns the step losses.
-    """
+    """One short run (the search's light training): train ``model`` in place."""
     batches = list(batches)
-    device = next(model.parameters()).device
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        params, lr=settings.lr, weight_decay=settings.weight_decay
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: _lr_factor(step, len(batches), settings)
-    )
-    was_training = model.training
-    model.train()
-    losses: list[float] = []
-    try:
-        for step, ids in enumerate(batches):
-            with torch.autocast(
-                device.type, torch.bfloat16, enabled=settings.bf16_autocast
-            ):
-                loss = loss_fn(model, ids.to(device))
-            loss.backward()
-            if settings.max_grad_norm is not None:
-                nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-            if on_step is not None and on_step(step, losses[-1]):
-                break
-    finally:
-        model.train(was_training)
-    return losses
+    return Trainer(model, settings, len(batches), loss_fn).run(batches, on_step)

@@ -1,0 +1,127 @@
+"""Post-compression training: recover quality of the shrunk model on a token budget.
+
+Checkpoints (model, optimizer, schedule, step) every ``checkpoint_every`` steps; a
+restarted run loads the last one and skips the batches it already saw, so it continues
+the same run. The trained model is saved in the same checkpoint format as the input.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from loguru import logger
+from torch import nn
+from tqdm.auto import tqdm
+
+from darwin_modifier.evaluation.quality import evaluate
+from darwin_modifier.training.losses import causal_lm_loss, distillation_loss
+from darwin_modifier.training.trainer import Trainer, TrainSettings
+
+CHECKPOINT = "trainer_checkpoint.pt"
+
+
+@dataclass(frozen=True)
+class PostTrainSettings:
+    tokens: int = 1_000_000
+    batch_size: int = 1
+    loss: str = "ce"  # "ce" (the paper's), "kd" (from the dense teacher)
+    ce_weight: float = 0.0  # with "kd": weight of cross-entropy in the mix
+    kd_topk: int | None = None
+    eval_every: int = 0  # steps; 0 = only before and after
+    checkpoint_every: int = 50
+    optim: TrainSettings = field(
+        default_factory=lambda: TrainSettings(
+            lr=1e-5, warmup_steps=10, schedule="cosine", max_grad_norm=1.0
+        )
+    )
+
+    def __post_init__(self) -> None:
+        if self.loss not in ("ce", "kd"):
+            raise ValueError(f"loss must be 'ce' or 'kd', got {self.loss!r}")
+
+
+def post_train(
+    model: nn.Module,
+    train_windows: torch.Tensor,
+    settings: PostTrainSettings,
+    out_dir: str | Path,
+    teacher: nn.Module | None = None,
+    eval_windows: torch.Tensor | None = None,
+) -> dict:
+    """Train ``model`` in place; returns the history (losses and evaluations)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if settings.loss == "kd" and teacher is None:
+        raise ValueError("loss 'kd' needs the dense teacher model (teacher=...)")
+    loss_fn = (
+        distillation_loss(teacher, settings.kd_topk, settings.ce_weight)
+        if settings.loss == "kd"
+        else causal_lm_loss
+    )
+    seq = train_windows.shape[1]
+    steps = min(
+        len(train_windows) // settings.batch_size,
+        settings.tokens // (seq * settings.batch_size),
+    )
+    if steps < 1:
+        raise ValueError(
+            f"{settings.tokens} tokens in batches of {settings.batch_size} x {seq} make no "
+            f"step (or only {len(train_windows)} windows available)"
+        )
+    trainer = Trainer(model, settings.optim, steps, loss_fn)
+    history = {"settings": asdict(settings), "loss": [], "eval": []}
+    checkpoint = out_dir / CHECKPOINT
+    if checkpoint.exists():
+        state = torch.load(checkpoint, weights_only=False)
+        trainer.load_state_dict(state["trainer"])
+        history = state["history"]
+        logger.info(f"post-training: resuming at step {trainer.step} of {steps}")
+    elif eval_windows is not None:
+        history["eval"].append({"step": 0, **_evaluate(model, teacher, eval_windows)})
+
+    batches = train_windows[: steps * settings.batch_size].split(settings.batch_size)
+    bar = tqdm(total=steps, initial=trainer.step, desc="post-training")
+
+    def on_step(step: int, loss: float) -> None:
+        history["loss"].append(loss)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.3f}")
+        if (
+            eval_windows is not None
+            and settings.eval_every
+            and step % settings.eval_every == 0
+        ):
+            history["eval"].append(
+                {"step": step, **_evaluate(model, teacher, eval_windows)}
+            )
+        if step % settings.checkpoint_every == 0 or step == steps:
+            _save_checkpoint(checkpoint, trainer, history)
+
+    trainer.run(batches[trainer.step :], on_step)
+    bar.close()
+    if eval_windows is not None and (
+        not history["eval"] or history["eval"][-1]["step"] != steps
+    ):
+        history["eval"].append(
+            {"step": steps, **_evaluate(model, teacher, eval_windows)}
+        )
+    (out_dir / "posttrain_history.json").write_text(json.dumps(history, indent=1))
+    return history
+
+
+def _evaluate(model, teacher, windows) -> dict:
+    if teacher is None:
+        return evaluate({"model": model}, windows, reference=None)["model"]
+    return evaluate({"teacher": teacher, "model": model}, windows, reference="teacher")[
+        "model"
+    ]
+
+
+def _save_checkpoint(path: Path, trainer: Trainer, history: dict) -> None:
+    partial = path.with_suffix(".partial")
+    torch.save({"trainer": trainer.state_dict(), "history": history}, partial)
+    os.replace(partial, path)

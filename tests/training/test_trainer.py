@@ -1,0 +1,97 @@
+"""The trainer: it learns, distillation approaches the teacher, and resume is exact."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from darwin_modifier.evaluation.quality import evaluate
+from darwin_modifier.format.shrink import shrink
+from darwin_modifier.plan import DenseShape, LayerPlan, Plan
+from darwin_modifier.training.posttrain import PostTrainSettings, post_train
+from darwin_modifier.training.trainer import Trainer, TrainSettings
+from tests.conftest import tiny_model
+
+OPTIM = TrainSettings(
+    lr=3e-3, warmup_steps=2, schedule="cosine", max_grad_norm=1.0, bf16_autocast=False
+)
+
+
+def data(seed: int, n: int) -> torch.Tensor:
+    """Learnable token windows: a repeated random pattern with a little noise."""
+    gen = torch.Generator().manual_seed(seed)
+    pattern = torch.randint(0, 128, (8,), generator=gen)
+    windows = pattern.repeat(n, 4)
+    noise = torch.rand(windows.shape, generator=gen) < 0.1
+    return torch.where(
+        noise, torch.randint(0, 128, windows.shape, generator=gen), windows
+    )
+
+
+def small_model():
+    dense = tiny_model("llama")
+    plan = Plan(
+        DenseShape.from_config(dense.config), [LayerPlan((0, 1, 4, 5), range(48))] * 4
+    )
+    return dense, shrink(dense, plan)
+
+
+def test_training_lowers_heldout_loss(tmp_path):
+    _, model = small_model()
+    train_windows, heldout = data(0, 24), data(0, 4)[:, 1:]
+    before = evaluate({"m": model}, heldout, reference=None)["m"]["ppl"]
+    settings = PostTrainSettings(tokens=24 * 32, batch_size=2, optim=OPTIM)
+    history = post_train(model, train_windows, settings, tmp_path, eval_windows=heldout)
+    assert history["eval"][-1]["ppl"] < 0.7 * before
+    assert history["eval"][0]["ppl"] == pytest.approx(before)
+
+
+def test_distillation_lowers_kl_to_teacher(tmp_path):
+    teacher, model = small_model()
+    windows = torch.randint(
+        0, 128, (24, 32), generator=torch.Generator().manual_seed(5)
+    )
+    heldout = windows[-4:]
+    before = evaluate({"t": teacher, "m": model}, heldout, reference="t")["m"]["kl"]
+    optim = TrainSettings(lr=1e-2, max_grad_norm=1.0, bf16_autocast=False)
+    settings = PostTrainSettings(tokens=40 * 32, loss="kd", optim=optim)
+    post_train(model, windows[:40], settings, tmp_path, teacher=teacher)
+    after = evaluate({"t": teacher, "m": model}, heldout, reference="t")["m"]["kl"]
+    assert after < 0.8 * before
+
+
+def test_resume_continues_the_same_run(tmp_path, monkeypatch):
+    windows = data(1, 16)
+    settings = PostTrainSettings(
+        tokens=16 * 32, batch_size=2, checkpoint_every=2, optim=OPTIM
+    )
+    _, uninterrupted = small_model()
+    post_train(uninterrupted, windows, settings, tmp_path / "a")
+
+    _, killed = small_model()
+    real_step = Trainer.train_step
+    calls = {"n": 0}
+
+    def dying_step(self, ids):
+        calls["n"] += 1
+        if calls["n"] == 6:  # dies during step 6: the last checkpoint is step 4
+            raise KeyboardInterrupt
+        return real_step(self, ids)
+
+    monkeypatch.setattr(Trainer, "train_step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        post_train(killed, windows, settings, tmp_path / "b")
+    monkeypatch.setattr(Trainer, "train_step", real_step)
+    _, resumed = small_model()  # a fresh process would start from the untrained model
+    history = post_train(resumed, windows, settings, tmp_path / "b")
+    assert len(history["loss"]) == 8
+    for (name, a), b in zip(
+        uninterrupted.state_dict().items(), resumed.state_dict().values()
+    ):
+        torch.testing.assert_close(a, b, msg=name)
+
+
+def test_kd_without_teacher_is_refused(tmp_path):
+    _, model = small_model()
+    with pytest.raises(ValueError, match="needs the dense teacher"):
+        post_train(model, data(0, 4), PostTrainSettings(loss="kd"), tmp_path)
