@@ -25,7 +25,24 @@ def main(argv: list[str] | None = None) -> None:
     compress.add_argument("--seq-len", type=int, default=512)
     compress.add_argument("--seed", type=int, default=0)
 
-    fetch = commands.add_parser("fetch", help="fetch the embedded default model + corpus")
+    train = commands.add_parser(
+        "train", help="post-compression training of a checkpoint"
+    )
+    train.add_argument("--model", required=True, help="(shrunk) checkpoint to train")
+    train.add_argument("--output-dir", required=True)
+    train.add_argument("--dataset", default="python-docs")
+    train.add_argument("--text-column", default="text")
+    train.add_argument("--tokens", type=int, default=1_000_000)
+    train.add_argument("--seq-len", type=int, default=512)
+    train.add_argument("--batch-size", type=int, default=1)
+    train.add_argument("--lr", type=float, default=1e-5)
+    train.add_argument("--loss", choices=["ce", "kd"], default="ce")
+    train.add_argument("--teacher", help="dense model for --loss kd")
+    train.add_argument("--kd-topk", type=int, default=None)
+
+    fetch = commands.add_parser(
+        "fetch", help="fetch the embedded default model + corpus"
+    )
     fetch.add_argument("--print", action="store_true", help="print the model directory")
 
     args = parser.parse_args(argv)
@@ -42,11 +59,44 @@ def main(argv: list[str] | None = None) -> None:
             seed=args.seed,
             text_column=args.text_column,
         )
+    elif args.command == "train":
+        _train(args)
     elif args.command == "fetch":
         from darwin_modifier.data import fetch_corpus, fetch_default_model
 
         fetch_corpus()
         print(fetch_default_model())
+
+
+def _train(args) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from darwin_modifier.data.windows import load_texts, token_windows
+    from darwin_modifier.training.posttrain import PostTrainSettings, post_train
+    from darwin_modifier.training.trainer import TrainSettings
+
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+    teacher = None
+    if args.teacher:
+        teacher = AutoModelForCausalLM.from_pretrained(
+            args.teacher, dtype=torch.float32
+        )
+    texts = load_texts(args.dataset, "train", args.text_column)
+    windows = token_windows(texts, tokenizer, args.seq_len)
+    settings = PostTrainSettings(
+        tokens=args.tokens,
+        batch_size=args.batch_size,
+        loss=args.loss,
+        kd_topk=args.kd_topk,
+        optim=TrainSettings(
+            lr=args.lr, warmup_steps=10, schedule="cosine", max_grad_norm=1.0
+        ),
+    )
+    post_train(model, windows, settings, args.output_dir, teacher=teacher)
+    model.save_pretrained(args.output_dir)
+    tokenizer.save_pretrained(args.output_dir)
 
 
 if __name__ == "__main__":
