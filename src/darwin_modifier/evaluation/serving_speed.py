@@ -41,6 +41,7 @@ from pathlib import Path
 
 __all__ = [
     "QUICK",
+    "CpuMonitor",
     "SpeedSettings",
     "ModelWorker",
     "compare_serving_speed",
@@ -51,6 +52,7 @@ __all__ = [
     "measure_throughput",
     "random_prompts",
     "vllm_cpu_env",
+    "wait_for_quiet",
     "with_overrides",
 ]
 
@@ -71,6 +73,10 @@ class SpeedSettings:
     enforce_eager: bool = False  # True: no inductor compile (fast start, slower run)
     max_num_batched_tokens: int | None = None  # None: vLLM's default
     seed: int = 0
+    # Before each timed sample, wait up to quiet_wait_s seconds for other processes
+    # on the machine to use less than quiet_cores cores (0 disables the wait).
+    quiet_wait_s: float = 30.0
+    quiet_cores: float = 0.3
 
     @property
     def max_model_len(self) -> int:
@@ -90,6 +96,7 @@ QUICK = SpeedSettings(
     latency_iters=2,
     rounds=2,
     enforce_eager=True,
+    quiet_wait_s=10.0,
 )
 
 
@@ -207,6 +214,98 @@ def measure_latency(
     }
 
 
+# ---------------------------------------------------------------------- machine load
+# On a shared machine other processes steal cycles from the engine. Linux's /proc tells
+# how much CPU went to processes outside this benchmark's process tree ("foreign"), so
+# every sample records it, and samples can wait for a quiet moment.
+
+
+def _stat_fields(pid: int | str) -> list[str] | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def _process_tree(root: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (fields := _stat_fields(entry)) is not None:
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    tree, stack = set(), [root]
+    while stack:
+        pid = stack.pop()
+        tree.add(pid)
+        stack.extend(children.get(pid, []))
+    return tree
+
+
+def _tree_ticks(pids: set[int]) -> dict[int, int]:
+    ticks = {}
+    for pid in pids:
+        if (fields := _stat_fields(pid)) is not None:
+            ticks[pid] = int(fields[11]) + int(fields[12])  # utime + stime
+    return ticks
+
+
+def _system_ticks() -> tuple[int, int]:
+    """(busy, total) clock ticks of all CPUs since boot; steal counts as busy."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    user, nice, system, idle, iowait, irq, softirq, steal = (values + [0] * 8)[:8]
+    busy = user + nice + system + irq + softirq + steal
+    return busy, busy + idle + iowait
+
+
+class CpuMonitor:
+    """Cores used by this process tree and by everything else between start and stop.
+
+    Linux only; elsewhere ``stop`` returns an empty dict.
+    """
+
+    def __init__(self) -> None:
+        self.enabled = os.path.exists("/proc/stat")
+        self.ncpu = os.cpu_count() or 1  # /proc/stat's first line sums all CPUs
+
+    def start(self) -> CpuMonitor:
+        if self.enabled:
+            self._pids = _process_tree(os.getpid())
+            self._own = _tree_ticks(self._pids)
+            self._sys = _system_ticks()
+        return self
+
+    def stop(self) -> dict:
+        if not self.enabled:
+            return {}
+        busy1, total1 = _system_ticks()
+        own = _tree_ticks(self._pids | _process_tree(os.getpid()))
+        own_delta = sum(t - self._own.get(pid, 0) for pid, t in own.items())
+        busy, total = busy1 - self._sys[0], total1 - self._sys[1]
+        if total <= 0:
+            return {"own_cores": 0.0, "foreign_cores": 0.0}
+        scale = self.ncpu / total  # ticks -> average cores busy over the interval
+        return {
+            "own_cores": own_delta * scale,
+            "foreign_cores": max(busy - own_delta, 0) * scale,
+        }
+
+
+def wait_for_quiet(max_wait_s: float, max_cores: float, probe_s: float = 1.0) -> dict:
+    """Wait (up to ``max_wait_s``) until other processes use < ``max_cores`` cores."""
+    start = time.perf_counter()
+    monitor = CpuMonitor()
+    if not monitor.enabled or max_wait_s <= 0:
+        return {"waited_s": 0.0}
+    while True:
+        monitor.start()
+        time.sleep(probe_s)
+        foreign = monitor.stop()["foreign_cores"]
+        waited = time.perf_counter() - start
+        if foreign < max_cores or waited >= max_wait_s:
+            return {"waited_s": waited, "foreign_before": foreign}
+
+
 # --------------------------------------------------------------------------- workers
 
 
@@ -226,11 +325,19 @@ def vllm_cpu_env(settings: SpeedSettings) -> dict[str, str]:
     }
 
 
-def _engine_kwargs(settings: SpeedSettings) -> dict:
+def _has_tokenizer(model_dir: str) -> bool:
+    names = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+    return any((Path(model_dir) / n).exists() for n in names)
+
+
+def _engine_kwargs(model_dir: str, settings: SpeedSettings) -> dict:
+    # The prompts are token ids and nothing is detokenized, so the tokenizer is never
+    # used; it is still loaded where present, because without it vLLM logs a (harmless)
+    # traceback from its chat-template warm-up.
     kwargs = dict(
         dtype=settings.dtype,
         enforce_eager=settings.enforce_eager,
-        skip_tokenizer_init=True,
+        skip_tokenizer_init=not _has_tokenizer(model_dir),
         max_model_len=settings.max_model_len,
         max_num_seqs=max(settings.batch, 1),
         enable_prefix_caching=False,
@@ -263,7 +370,7 @@ def _worker_main(conn, model_dir: str, settings: SpeedSettings, env: dict) -> No
         start = time.perf_counter()
         from vllm import LLM
 
-        llm = LLM(model=model_dir, **_engine_kwargs(settings))
+        llm = LLM(model=model_dir, **_engine_kwargs(model_dir, settings))
         startup = time.perf_counter() - start
         # Warm-up (untimed): one small batch and one single sequence.
         vocab = _vocab_size(model_dir)
@@ -420,6 +527,13 @@ def compare_serving_speed(
     for key, value in vllm_cpu_env(settings).items():
         os.environ.setdefault(key, value)
 
+    def timed(method, *args) -> dict:
+        """One sample, after waiting for a quiet machine; records the contention."""
+        quiet = wait_for_quiet(settings.quiet_wait_s, settings.quiet_cores)
+        monitor = CpuMonitor().start()
+        sample = method(*args)
+        return {**sample, **monitor.stop(), **quiet}
+
     workers: dict[str, ModelWorker] = {}
     try:
         for name in names:  # one start at a time: start-up compiles on both cores
@@ -436,17 +550,22 @@ def compare_serving_speed(
             single = random_prompts(vocab, 1, settings.latency_input_len, seed + 1)[0]
             order = names if r % 2 == 0 else names[::-1]  # ABBA: no fixed position
             for name in order:
-                t = workers[name].throughput(batch, settings.output_len)
+                t = timed(workers[name].throughput, batch, settings.output_len)
                 tput[name].append(t)
-                lt = workers[name].latency(
-                    single, settings.latency_output_len, settings.latency_iters
+                lt = timed(
+                    workers[name].latency,
+                    single,
+                    settings.latency_output_len,
+                    settings.latency_iters,
                 )
                 lat[name].append(lt)
                 log(
                     f"[serving-speed] round {r + 1}/{settings.rounds} {name:6s}: "
-                    f"batch {settings.batch} {t['tok_s']:8.1f} tok/s | "
-                    f"batch 1 decode {lt['decode_tok_s']:7.1f} tok/s "
-                    f"(ttft {lt['ttft_s'] * 1e3:.0f} ms)"
+                    f"batch {settings.batch} {t['tok_s']:7.1f} tok/s "
+                    f"(others {t.get('foreign_cores', 0):.1f} cores) | "
+                    f"batch 1 decode {lt['decode_tok_s']:6.1f} tok/s, "
+                    f"ttft {lt['ttft_s'] * 1e3:.0f} ms "
+                    f"(others {lt.get('foreign_cores', 0):.1f} cores)"
                 )
     finally:
         for worker in workers.values():
@@ -459,6 +578,10 @@ def compare_serving_speed(
             out[f"{name}_tok_s"] = s["best"]
             out[f"{name}_median_tok_s"] = s["median"]
             out[f"{name}_samples"] = s["samples"]
+            # cores used by other processes on the machine during each sample
+            out[f"{name}_others_cores"] = [
+                x.get("foreign_cores") for x in samples[name]
+            ]
         out["speedup"] = out["pruned_tok_s"] / out["dense_tok_s"]
         out["median_speedup"] = out["pruned_median_tok_s"] / out["dense_median_tok_s"]
         return out
@@ -493,6 +616,7 @@ def compare_serving_speed(
             "met": throughput["speedup"] >= 0.9 * speedup_limit,
             "fraction_of_limit": throughput["speedup"] / speedup_limit,
         },
+        "samples": {"throughput": tput, "latency_b1": lat},
         "engine": {
             name: {k: v for k, v in workers[name].info.items()} for name in names
         },

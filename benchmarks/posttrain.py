@@ -1,0 +1,95 @@
+"""Post-compression training: DarwinLM vs uniform at the same size and token budget.
+
+    python benchmarks/posttrain.py --demo results/demo --json results/posttrain.json
+
+Takes the demo's outputs (the DarwinLM checkpoint, the database and the uniform genome
+of the same budget), trains each model with cross-entropy and with distillation from the
+dense model on the same training windows, and reports held-out perplexity and KL to
+dense before and after. The question it answers: does DarwinLM stay ahead of uniform
+after training?
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from darwin_modifier.data import fetch_default_model
+from darwin_modifier.data.windows import load_texts, token_windows
+from darwin_modifier.database.assemble import assemble
+from darwin_modifier.database.store import DatabaseStore
+from darwin_modifier.evaluation.quality import evaluate, heldout_windows
+from darwin_modifier.format.shrink import shrink
+from darwin_modifier.search.genome import Genome
+from darwin_modifier.training.posttrain import PostTrainSettings, post_train
+from darwin_modifier.training.trainer import TrainSettings
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--demo", default="results/demo", help="make demo's output dir")
+    parser.add_argument("--json", required=True)
+    parser.add_argument("--tokens", type=int, default=32_768)
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--eval-windows", type=int, default=32)
+    args = parser.parse_args()
+    start = time.time()
+    demo = Path(args.demo)
+    dense_dir = fetch_default_model()
+    tokenizer = AutoTokenizer.from_pretrained(dense_dir)
+    dense = AutoModelForCausalLM.from_pretrained(dense_dir, dtype=torch.float32).eval()
+    store = DatabaseStore.open(demo / "database")
+    result = json.loads((demo / "search" / "result.json").read_text())
+    uniform_genome = Genome.from_dict(result["uniform"]["genome"])
+
+    def fresh(name: str):
+        if name == "darwinlm":
+            return AutoModelForCausalLM.from_pretrained(
+                demo / "darwinlm", dtype=torch.float32
+            )
+        return shrink(dense, *assemble(store, uniform_genome.attn, uniform_genome.mlp))
+
+    texts = load_texts("python-docs", "train")
+    windows = token_windows(
+        texts, tokenizer, args.seq_len, args.tokens // args.seq_len, 7
+    )
+    heldout = heldout_windows(tokenizer, seq_len=512, num_windows=args.eval_windows)
+    optim = TrainSettings(
+        lr=args.lr, warmup_steps=8, schedule="cosine", max_grad_norm=1.0
+    )
+    report: dict = {"tokens": args.tokens, "lr": args.lr, "seq_len": args.seq_len}
+    for name in ("uniform", "darwinlm"):
+        before = evaluate({"dense": dense, name: fresh(name)}, heldout)[name]
+        report[name] = {"before": before}
+        for loss in ("ce", "kd"):
+            model = fresh(name)
+            settings = PostTrainSettings(tokens=args.tokens, loss=loss, optim=optim)
+            t0 = time.time()
+            with tempfile.TemporaryDirectory() as tmp:
+                post_train(model, windows, settings, tmp, teacher=dense)
+            after = evaluate({"dense": dense, name: model}, heldout)[name]
+            report[name][loss] = {**after, "train_s": time.time() - t0}
+    report["darwinlm_ahead_after_training"] = all(
+        report["darwinlm"][loss]["ppl"] < report["uniform"][loss]["ppl"]
+        for loss in ("ce", "kd")
+    )
+    report["wall_s"] = time.time() - start
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(report, indent=1))
+    print(f"\n{'model':<10} {'stage':<8} {'ppl':>8} {'KL':>8}")
+    for name in ("uniform", "darwinlm"):
+        for stage in ("before", "ce", "kd"):
+            row = report[name][stage]
+            print(f"{name:<10} {stage:<8} {row['ppl']:>8.2f} {row['kl']:>8.4f}")
+    print(f"DarwinLM ahead after training: {report['darwinlm_ahead_after_training']}")
+
+
+if __name__ == "__main__":
+    main()
