@@ -48,6 +48,17 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="skip torch.compile (default: compile; --quick: eager)",
     )
     p.add_argument("--max-num-batched-tokens", type=int)
+    p.add_argument(
+        "--preload",
+        action="store_true",
+        default=None,
+        help="LD_PRELOAD libiomp5/tcmalloc where found (vLLM's CPU advice)",
+    )
+    p.add_argument(
+        "--quiet-wait",
+        type=float,
+        help="seconds to wait for an idle machine before each sample (default 30)",
+    )
     return p.parse_args(argv)
 
 
@@ -67,6 +78,8 @@ def main(argv=None) -> dict:
         kv_cache_gib=args.kv_cache_gib,
         enforce_eager=args.enforce_eager,
         max_num_batched_tokens=args.max_num_batched_tokens,
+        preload=args.preload,
+        quiet_wait_s=args.quiet_wait,
         **lengths,
     )
     result = compare_serving_speed(args.dense, args.pruned, settings)

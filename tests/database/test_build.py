@@ -20,7 +20,6 @@ from darwin_modifier.data import corpus_split, fetch_default_model
 from darwin_modifier.database.hessian import HessianAccumulator
 from darwin_modifier.database.prune import GQA_MODES, prune_layer
 from darwin_modifier.database.store import DatabaseStore
-from darwin_modifier.modifier.base import DarwinLMModifier
 from darwin_modifier.modifier.entry import build_database, calibration_dataset
 from tests.conftest import tiny_model
 
@@ -71,10 +70,7 @@ def databases(tiny_dir, texts, tmp_path_factory):
     def get(gqa_mode: str):
         if gqa_mode not in cache:
             root = tmp_path_factory.mktemp(f"db_{gqa_mode}")
-            with pytest.MonkeyPatch.context() as patch:
-                if gqa_mode == "query":  # see test_query_mode_build_finishes
-                    patch.setattr(DarwinLMModifier, "_search", lambda self, model: None)
-                store = build(tiny_dir, root, texts, gqa_mode=gqa_mode)
+            store = build(tiny_dir, root, texts, gqa_mode=gqa_mode)
             cache[gqa_mode] = root, store
         return cache[gqa_mode]
 
@@ -164,8 +160,9 @@ def test_build_is_obs_on_the_dense_hessians(databases, gqa_mode, tiny_dir, texts
                 entry = store.entry(i, module, level)
                 assert entry.kept == list(kept), (i, module, level)
                 if entry.weight is not None:
+                    assert entry.weight.dtype == store.dtype == torch.float16
                     torch.testing.assert_close(
-                        entry.weight, weight, rtol=1e-3, atol=1e-4
+                        entry.weight.float(), weight, rtol=2e-3, atol=1e-3
                     )
             for got, want in zip(store.layer_stats(i)[module], stats[module]):
                 assert got["params"] == want["params"]
@@ -178,8 +175,6 @@ def test_interrupted_build_resumes_to_the_same_database(
 ):
     """Killed after two layers, the rebuild keeps them and writes the rest, exactly."""
     ref_root, _ = databases(gqa_mode)
-    if gqa_mode == "query":  # see test_query_mode_build_finishes
-        monkeypatch.setattr(DarwinLMModifier, "_search", lambda self, model: None)
     original = DatabaseStore.write_layer
     written = []
 
@@ -243,12 +238,6 @@ def test_rebuild_from_other_inputs_is_refused(
     assert all(torch.equal(after[k], before[k]) for k in before)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="src bug: query-mode stats count repeated KV heads, so attention params "
-    "grow at some levels and search.genome.Budget refuses the table in on_finalize",
-)
 def test_query_mode_build_finishes(tiny_dir, texts, tmp_path):
     """The paper's GQA mode must stay available: its build has to finish."""
     store = build(tiny_dir, tmp_path, texts, gqa_mode="query")

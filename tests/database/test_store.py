@@ -40,6 +40,7 @@ def identity(**changes) -> dict:
         "gqa_mode": "query",
         "damp": 0.01,
         "dtype": "torch.float32",
+        "storage_dtype": "float32",  # exact round trips (the default is float16)
     }
     return {**base, **changes}
 

@@ -75,8 +75,8 @@ def prune_layer(
     """``(levels, stats)`` for :meth:`DatabaseStore.write_layer`.
 
     ``levels[module]`` lists ``(count, kept dense units, kept-column weight)`` per level;
-    ``stats[module]`` lists ``{"count", "params", "loss"}`` per level, where params are
-    the physical parameters of the shrunk block (KV repeats included).
+    ``stats[module]`` lists ``{"count", "params", "loss"}`` per level (attention also
+    ``physical_params``, which includes KV heads repeated for an even layout).
     """
     per_unit = heads_per_unit(shape, gqa_mode)
     dims = Plan.dense(shape)  # only for the parameter formulas
@@ -88,12 +88,19 @@ def prune_layer(
     )
     for count, level in zip(ladders["attn"], attn):
         heads = [u * per_unit + j for u in level.kept.tolist() for j in range(per_unit)]
-        q_order, kv_order = attention_layout(LayerPlan(heads, ()), shape)
+        layer_plan = LayerPlan(heads, ())
+        q_order, kv_order = attention_layout(layer_plan, shape)
         levels["attn"].append((count, heads, level.weight))
         stats["attn"].append(
             {
                 "count": count,
-                "params": dims.attention_params(len(q_order), len(kv_order)),
+                # The budget counts each kept KV head once (the paper's count, and
+                # monotone in the level); KV heads repeated to regularise unbalanced
+                # groups ("query" mode) are the physical cost, reported beside it.
+                "params": dims.attention_params(
+                    len(heads), len(layer_plan.kv_heads(shape))
+                ),
+                "physical_params": dims.attention_params(len(q_order), len(kv_order)),
                 "loss": level.loss,
             }
         )

@@ -55,6 +55,9 @@ class DatabaseStore:
         self.manifest = manifest
         self.shape = DenseShape(**manifest["shape"])
         self.ladders: dict[str, list[int]] = manifest["ladders"]
+        # Storage precision of the OBS weights; the authors store fp16, which halves an
+        # fp32 model's database for a rounding error far below the pruning error.
+        self.dtype = getattr(torch, manifest.get("storage_dtype", "float16"))
         self._handles: dict[int, object] = {}
 
     # ---- creation, resume, refusal --------------------------------------------------
@@ -155,7 +158,9 @@ class DatabaseStore:
                 if count in (0, total) or f"{key}.kept" in tensors:
                     continue
                 tensors[f"{key}.kept"] = torch.as_tensor(kept, dtype=torch.int64)
-                tensors[f"{key}.weight"] = weight.detach().to("cpu").contiguous()
+                tensors[f"{key}.weight"] = (
+                    weight.detach().to("cpu", self.dtype).contiguous()
+                )
         final = self._layer_path(index)
         partial = final.with_suffix(".partial")
         save_file(tensors, partial)

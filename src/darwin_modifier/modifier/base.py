@@ -67,6 +67,7 @@ class DarwinLMModifier(Modifier):
     attn_ladder: list[int] | None = None
     mlp_ladder: list[int] | None = None
     damp: float = Field(default=0.01, gt=0)
+    database_dtype: Literal["float16", "bfloat16", "float32"] = "float16"
     # search
     generations: int = Field(default=200, ge=0)
     offspring: int = Field(default=16, ge=1)
@@ -125,6 +126,7 @@ class DarwinLMModifier(Modifier):
             "gqa_mode": self.gqa_mode,
             "damp": self.damp,
             "dtype": str(next(model.parameters()).dtype),
+            "storage_dtype": self.database_dtype,
         }
         self._store = DatabaseStore.open_or_create(self.database_dir, identity, ladders)
         self._builder = DatabaseBuilder(model, self._store, self.gqa_mode, self.damp)

@@ -77,6 +77,7 @@ def build_database(
     """Only the database (no search, no shrink): build once, search many times."""
     from darwin_modifier.modifier.base import DarwinLMModifier
 
+    modifier_settings.setdefault("search_dir", str(Path(database_dir) / "report"))
     modifier = DarwinLMModifier(
         database_dir=str(database_dir), generations=0, shrink=False, **modifier_settings
     )
