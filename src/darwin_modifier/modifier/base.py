@@ -116,6 +116,9 @@ class DarwinLMModifier(Modifier):
     def on_initialize(self, state: State, **kwargs) -> bool:
         model = state.model
         family_of(model.config)  # unsupported architectures fail here, before any work
+        from darwin_modifier.modifier.chain import refuse_quantization_in_same_pass
+
+        refuse_quantization_in_same_pass(self)  # quantization must be a later stage
         self._shape = DenseShape.from_config(model.config)
         ladders = self._ladder_spec().ladders(self._shape, self.gqa_mode)
         self._check_target(ladders)
