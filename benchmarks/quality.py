@@ -115,10 +115,12 @@ def main() -> None:
         row = result[name]
         blocks = f"{row['block_params']:,}" if "block_params" in row else "-"
         print(
-            f"{name:<18} {row['params']:>12,} {blocks:>13} {row['ppl']:>9.2f} {row['kl']:>8.4f}"
+            f"{name:<18} {row['params']:>12,} {blocks:>13} "
+            f"{row['ppl']:>9.2f} {row['kl']:>8.4f}"
         )
     print(
-        f"DarwinLM / uniform: ppl x{result['ppl_ratio']:.2f}, KL x{result['kl_ratio']:.2f} "
+        f"DarwinLM / uniform: ppl x{result['ppl_ratio']:.2f}, "
+        f"KL x{result['kl_ratio']:.2f} "
         f"(bar: both <= 0.5 -> {'met' if result['bar_met'] else 'NOT met'})"
     )
 

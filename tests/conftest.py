@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
@@ -37,3 +39,21 @@ def tiny_model(family: str = "llama", seed: int = 0, **overrides):
 @pytest.fixture(params=["llama", "qwen2"])
 def family(request) -> str:
     return request.param
+
+
+def save_tiny_checkpoint(path: Path, dtype=torch.float32, **overrides) -> Path:
+    """A tiny random Llama with the real SmolLM2 tokenizer, saved like a hub model."""
+    from transformers import AutoTokenizer
+
+    from darwin_modifier.data import fetch_default_model
+
+    tokenizer = AutoTokenizer.from_pretrained(fetch_default_model())
+    model = tiny_model("llama", vocab_size=len(tokenizer), **overrides).to(dtype)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny"))

@@ -1,4 +1,5 @@
-"""Plans: validation with clear errors, GQA layout, parameter counts, JSON round trip."""
+"""Plans: validation with clear errors, GQA layout, parameter counts, JSON round
+trip."""
 
 from __future__ import annotations
 

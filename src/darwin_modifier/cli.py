@@ -1,4 +1,5 @@
-"""`darwin-modifier ...`: oneshot with a DarwinLM recipe, for people who do not write Python."""
+"""`darwin-modifier ...`: oneshot with a DarwinLM recipe, for people who do not write
+Python."""
 
 from __future__ import annotations
 

@@ -128,7 +128,8 @@ def print_table(result: dict) -> None:
     if "speedup" in result:
         print(
             f"decode speedup {result['speedup']:.2f}x, throughput speedup "
-            f"{result['throughput_speedup']:.2f}x (limit {result['speedup_limit']:.2f}x)"
+            f"{result['throughput_speedup']:.2f}x "
+            f"(limit {result['speedup_limit']:.2f}x)"
         )
     print(f"wall time {result['wall_s']:.0f} s")
 

@@ -180,7 +180,8 @@ class Plan:
         )
 
     def block_params(self) -> int:
-        """Decoder-block parameters of the shrunk model (embeddings and head excluded)."""
+        """Decoder-block parameters of the shrunk model (embeddings and head
+        excluded)."""
         return sum(
             self.attention_params(q, kv) + self.mlp_params(w)
             for q, kv, w in self.layer_sizes()

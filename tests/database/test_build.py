@@ -16,12 +16,11 @@ import torch
 from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from darwin_modifier.data import corpus_split, fetch_default_model
+from darwin_modifier.data import corpus_split
 from darwin_modifier.database.hessian import HessianAccumulator
 from darwin_modifier.database.prune import GQA_MODES, prune_layer
 from darwin_modifier.database.store import DatabaseStore
 from darwin_modifier.modifier.entry import build_database, calibration_dataset
-from tests.conftest import tiny_model
 
 NUM_SAMPLES, SEQ_LEN = 4, 32
 SETTINGS = dict(num_samples=NUM_SAMPLES, seq_len=SEQ_LEN, mlp_multiple=8)
@@ -34,17 +33,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    """A tiny random Llama with the real SmolLM2 tokenizer, saved like a hub model."""
-    path = tmp_path_factory.mktemp("tiny")
-    tokenizer = AutoTokenizer.from_pretrained(fetch_default_model())
-    model = tiny_model("llama", vocab_size=len(tokenizer))
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,8 @@ INPUT = torch.randint(0, 128, (2, 11), generator=torch.Generator().manual_seed(1
 
 
 def masked_dense(model, plan: Plan):
-    """The dense model with every pruned head's / channel's output contribution zeroed."""
+    """The dense model with every pruned head's / channel's output contribution
+    zeroed."""
     masked = copy.deepcopy(model)
     hd = plan.shape.head_dim
     for layer, lp in zip(masked.model.layers, plan.layers):

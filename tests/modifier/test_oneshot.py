@@ -1,16 +1,15 @@
-"""Recipe round trip: YAML -> DarwinLMModifier -> oneshot -> saved checkpoint -> reload."""
+"""Recipe round trip: YAML -> DarwinLMModifier -> oneshot -> saved checkpoint ->
+reload."""
 
 from __future__ import annotations
 
 import json
 
-import pytest
 import torch
 from datasets import Dataset
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
-from darwin_modifier.data import corpus_split, fetch_default_model
-from tests.conftest import tiny_model
+from darwin_modifier.data import corpus_split
 
 RECIPE = """
 darwin_stage:
@@ -29,17 +28,6 @@ darwin_stage:
       fitness_pool_tokens: 512
       train_pool_tokens: 512
 """
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    """A tiny random Llama with the real SmolLM2 tokenizer, saved like a hub model."""
-    path = tmp_path_factory.mktemp("tiny")
-    tokenizer = AutoTokenizer.from_pretrained(fetch_default_model())
-    model = tiny_model("llama", vocab_size=len(tokenizer))
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 def calibration_dataset(n: int = 8) -> Dataset:
@@ -71,7 +59,9 @@ def test_recipe_round_trip(tiny_dir, tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "darwinlm_llama"
     result = json.loads((tmp_path / "search" / "result.json").read_text())
-    assert config["layer_intermediate_size"] == [w for _, _, w in result["darwinlm"]["layer_sizes"]]
+    assert config["layer_intermediate_size"] == [
+        w for _, _, w in result["darwinlm"]["layer_sizes"]
+    ]
     dense_blocks = result["uniform"]["params"] / result["darwinlm"]["kept_fraction"]
     assert result["darwinlm"]["params"] <= 0.5 * dense_blocks + 1
     reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()

@@ -20,17 +20,17 @@ import pytest
 import torch
 import yaml
 from datasets import Dataset
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+from transformers import AutoModelForCausalLM, LlamaConfig
 
 import darwin_modifier  # noqa: F401  (registers DarwinLMModifier for YAML)
-from darwin_modifier.data import corpus_split, fetch_default_model
+from darwin_modifier.data import corpus_split
 from darwin_modifier.modifier.chain import (
     check_stages,
     oneshot_stages,
     refuse_quantization_in_same_pass,
     split_stages,
 )
-from tests.conftest import tiny_model
+from tests.conftest import save_tiny_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -90,12 +90,13 @@ def recipe(scheme: str, work, mlp_multiple: int = 128, gqa_mode="kv_group") -> s
 
 
 def save_tiny(path: Path, dtype=torch.float32) -> Path:
-    """A tiny random Llama with the real SmolLM2 tokenizer, saved like a hub model."""
-    tokenizer = AutoTokenizer.from_pretrained(fetch_default_model())
-    model = tiny_model("llama", vocab_size=len(tokenizer), **SHAPE).to(dtype)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return save_tiny_checkpoint(path, dtype, **SHAPE)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """Wider than conftest's tiny model: widths must fit quantization groups."""
+    return save_tiny(tmp_path_factory.mktemp("tiny"))
 
 
 def calibration(n: int = 8) -> dict:
@@ -112,11 +113,6 @@ def build_checkpoint(model_dir: Path, out: Path, scheme: str, work: Path):
     return oneshot_stages(
         str(model_dir), recipe(scheme, work), output_dir=out, **calibration()
     )
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return save_tiny(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture(scope="module")

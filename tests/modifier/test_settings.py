@@ -7,7 +7,7 @@ import yaml
 from pydantic import ValidationError
 
 from darwin_modifier.modifier import DarwinLMModifier
-from tests.modifier.test_oneshot import run_oneshot, tiny_dir  # noqa: F401  (fixture)
+from tests.modifier.test_oneshot import run_oneshot
 
 
 def test_defaults_are_the_papers():
@@ -78,7 +78,7 @@ def test_recipe_name_resolves_after_import():
     assert isinstance(modifier, DarwinLMModifier) and modifier.generations == 3
 
 
-def test_infeasible_target_is_refused_before_calibration(tiny_dir, tmp_path):  # noqa: F811
+def test_infeasible_target_is_refused_before_calibration(tiny_dir, tmp_path):
     with pytest.raises(ValueError, match="exceeds the dense model"):
         run_oneshot(tiny_dir, tmp_path, target_params=10**9, target_fraction="null")
 

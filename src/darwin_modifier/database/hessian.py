@@ -35,7 +35,8 @@ class HessianAccumulator:
         """The finished Hessian of ``module``; frees its memory here."""
         if module not in self.hessians:
             raise RuntimeError(
-                "no calibration data reached this module; is it part of the forward pass?"
+                "no calibration data reached this module; "
+                "is it part of the forward pass?"
             )
         self.samples.pop(module)
         return self.hessians.pop(module)

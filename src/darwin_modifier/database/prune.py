@@ -1,6 +1,8 @@
-"""One decoder layer's database entries: its two Hessians -> every level of both modules.
+"""One decoder layer's database entries: its two Hessians -> every level of both
+modules.
 
-Attention is pruned on the input columns of ``o_proj``; the unit depends on the GQA mode:
+Attention is pruned on the input columns of ``o_proj``; the unit depends on the GQA
+mode:
 
 - ``"kv_group"`` (default, regular): a whole KV group (its query heads and the KV head)
   is one unit, so the shrunk layer is plain GQA with no KV repeat. On SmolLM2 this spent
@@ -74,9 +76,9 @@ def prune_layer(
 ) -> tuple[dict[str, list], dict[str, list[dict]]]:
     """``(levels, stats)`` for :meth:`DatabaseStore.write_layer`.
 
-    ``levels[module]`` lists ``(count, kept dense units, kept-column weight)`` per level;
-    ``stats[module]`` lists ``{"count", "params", "loss"}`` per level (attention also
-    ``physical_params``, which includes KV heads repeated for an even layout).
+    ``levels[module]`` lists ``(count, kept dense units, kept-column weight)`` per
+    level; ``stats[module]`` lists ``{"count", "params", "loss"}`` per level (attention
+    also ``physical_params``, which includes KV heads repeated for an even layout).
     """
     per_unit = heads_per_unit(shape, gqa_mode)
     dims = Plan.dense(shape)  # only for the parameter formulas

@@ -2,15 +2,17 @@
 
 Layout of a database directory::
 
-    manifest.json          what it was built from, the ladders, per-level stats, done layers
-    layer_000.safetensors  ``{attn|mlp}.{count}.kept`` (int64) and ``.weight`` (kept columns)
+    manifest.json          what it was built from, the ladders, per-level stats,
+                           done layers
+    layer_000.safetensors  ``{attn|mlp}.{count}.kept`` (int64) and ``.weight``
+                           (kept columns)
 
-A level is stored once per distinct kept count (ladders may repeat counts), and the dense
-level (the model's own weight) and the empty level are not stored at all, so the database
-is well under half of the authors' full-shape layout. Tensors are read lazily through
-``safe_open`` (memory-mapped): loading one module at one level touches only that tensor.
-Each layer file is written to a temporary name and renamed, and the manifest is rewritten
-after it, so a killed build resumes from the finished layers.
+A level is stored once per distinct kept count (ladders may repeat counts), and the
+dense level (the model's own weight) and the empty level are not stored at all, so the
+database is well under half of the authors' full-shape layout. Tensors are read lazily
+through ``safe_open`` (memory-mapped): loading one module at one level touches only that
+tensor. Each layer file is written to a temporary name and renamed, and the manifest is
+rewritten after it, so a killed build resumes from the finished layers.
 """
 
 from __future__ import annotations
@@ -68,9 +70,9 @@ class DatabaseStore:
     ) -> DatabaseStore:
         """Resume a partial database built from the same inputs, or start a new one.
 
-        ``identity`` holds everything that decides the database's content (source model,
-        calibration fingerprint, GQA mode, damping, dtype, shape); a directory built from
-        anything else is refused instead of being silently mixed.
+        ``identity`` holds everything that decides the database's content (source
+        model, calibration fingerprint, GQA mode, damping, dtype, shape); a directory
+        built from anything else is refused instead of being silently mixed.
         """
         root = Path(root)
         path = root / "manifest.json"
@@ -106,7 +108,8 @@ class DatabaseStore:
 
     @classmethod
     def open(cls, root: str | Path, config=None) -> DatabaseStore:
-        """Open an existing database; with ``config``, refuse one built for another model."""
+        """Open an existing database; with ``config``, refuse one built for another
+        model."""
         root = Path(root)
         path = root / "manifest.json"
         if not path.exists():
@@ -130,7 +133,7 @@ class DatabaseStore:
             )
         return store
 
-    # ---- writing ----------------------------------------------------------------------
+    # ---- writing ------------------------------------------------------------------
 
     def done_layers(self) -> set[int]:
         return {int(i) for i in self.manifest["layers"]}
@@ -149,7 +152,8 @@ class DatabaseStore:
     def write_layer(
         self, index: int, levels: dict[str, list], stats: dict[str, list]
     ) -> None:
-        """Store one layer: ``levels[module]`` lists ``(count, kept, weight)`` per level."""
+        """Store one layer: ``levels[module]`` lists ``(count, kept, weight)`` per
+        level."""
         tensors: dict[str, torch.Tensor] = {}
         for module, entries in levels.items():
             total = self.ladders[module][0]
@@ -175,7 +179,7 @@ class DatabaseStore:
         partial.write_text(json.dumps(self.manifest, indent=1))
         os.replace(partial, path)
 
-    # ---- reading -----------------------------------------------------------------------
+    # ---- reading ------------------------------------------------------------------
 
     def entry(self, index: int, module: str, level: int) -> LevelEntry:
         """Kept units and weight of one module at one level (cheap, memory-mapped)."""

@@ -1,8 +1,9 @@
-"""The shrunk-model format on the transformers side; importing it registers the Auto classes.
+"""The shrunk-model format on the transformers side; importing it registers the Auto
+classes.
 
-``register_for_auto_class`` makes ``save_pretrained`` copy the configuration and modeling
-source into every checkpoint and write ``auto_map``, so ``trust_remote_code=True`` loads
-it where this package is not installed.
+``register_for_auto_class`` makes ``save_pretrained`` copy the configuration and
+modeling source into every checkpoint and write ``auto_map``, so
+``trust_remote_code=True`` loads it where this package is not installed.
 """
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM

@@ -12,7 +12,8 @@ from transformers.models.qwen2.configuration_qwen2 import Qwen2Config
 
 
 def _fill_and_check_layer_sizes(config) -> None:
-    """Default missing lists to the dense sizes and refuse layouts kernels cannot run."""
+    """Default missing lists to the dense sizes and refuse layouts kernels cannot
+    run."""
     n = config.num_hidden_layers
     defaults = {
         "layer_num_attention_heads": config.num_attention_heads,

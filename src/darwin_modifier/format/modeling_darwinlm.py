@@ -1,10 +1,11 @@
 """Shrunk DarwinLM models, built layer by layer from transformers' own blocks.
 
-No transformers model class allows per-layer head counts or widths, so each decoder layer
-builds the parent family's attention / MLP / RMSNorm from a view of the config carrying
-that layer's sizes, and skips a sub-block whose size is 0. The parent's ``Model.forward``
-runs unchanged on these layers. Attention modules get compact cache indices (0, 1, ...
-over the layers that have attention), because the cache reads its length from slot 0.
+No transformers model class allows per-layer head counts or widths, so each decoder
+layer builds the parent family's attention / MLP / RMSNorm from a view of the config
+carrying that layer's sizes, and skips a sub-block whose size is 0. The parent's
+``Model.forward`` runs unchanged on these layers. Attention modules get compact cache
+indices (0, 1, ... over the layers that have attention), because the cache reads its
+length from slot 0.
 
 This file is copied into every saved checkpoint and imported there as remote code, so it
 may import only torch, transformers and its sibling configuration file.
@@ -57,7 +58,9 @@ class DarwinLMDecoderLayer(GradientCheckpointingLayer):
                 )
                 self.self_attn = attention_cls(view, cache_idx)
                 self.self_attn.config = config  # live attn_implementation
-                self.input_layernorm = norm_cls(config.hidden_size, eps=config.rms_norm_eps)
+                self.input_layernorm = norm_cls(
+                    config.hidden_size, eps=config.rms_norm_eps
+                )
         if width != self.mlp_width:
             self.mlp = self.post_attention_layernorm = None
             if width:

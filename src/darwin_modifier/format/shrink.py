@@ -17,7 +17,13 @@ from darwin_modifier.families import family_of
 from darwin_modifier.format import CONFIG_CLASSES, MODEL_CLASSES
 from darwin_modifier.plan import DenseShape, LayerPlan, Plan, attention_layout
 
-__all__ = ["block_state", "dense_plan_of", "shrink", "shrink_state_dict", "shrunk_config"]
+__all__ = [
+    "block_state",
+    "dense_plan_of",
+    "shrink",
+    "shrink_state_dict",
+    "shrunk_config",
+]
 
 # (layer index, "o_proj" | "down_proj") -> weight of the kept input columns, plan order
 WeightOverrides = Mapping[tuple[int, str], torch.Tensor]
@@ -83,7 +89,8 @@ def block_state(
     overrides: WeightOverrides,
     index: int,
 ) -> dict[str, torch.Tensor]:
-    """Weights of one sub-block (``"attn"`` or ``"mlp"``, with its norm), layer-relative.
+    """Weights of one sub-block (``"attn"`` or ``"mlp"``, with its norm),
+    layer-relative.
 
     ``prefix`` names the dense layer (``model.layers.{i}.``); ``overrides`` may hold the
     OBS-updated o_proj / down_proj columns for ``(index, "o_proj" | "down_proj")``.

@@ -17,7 +17,7 @@ from llmcompressor.modifiers import Modifier
 from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from darwin_modifier.database.assemble import assemble, levels_params
+from darwin_modifier.database.assemble import assemble
 from darwin_modifier.database.build import DatabaseBuilder
 from darwin_modifier.database.prune import LadderSpec
 from darwin_modifier.database.store import DatabaseStore
@@ -46,7 +46,8 @@ PAPER_STAGE_SPECS = [
 
 
 class DarwinLMModifier(Modifier):
-    """Evolutionary, training-aware structured pruning (DarwinLM). Defaults: the paper's.
+    """Evolutionary, training-aware structured pruning (DarwinLM). Defaults: the
+    paper's.
 
     Size target: give one of ``target_fraction`` (decoder-block parameters kept),
     ``target_params`` (decoder-block parameters) or ``target_level`` (every module at
@@ -186,7 +187,8 @@ class DarwinLMModifier(Modifier):
             )
 
     def target(self, dense_params: int) -> tuple[int | None, int | None]:
-        """(target params, target level) for a model of ``dense_params`` block params."""
+        """(target params, target level) for a model of ``dense_params`` block
+        params."""
         if self.target_fraction is not None:
             return int(self.target_fraction * dense_params), None
         if self.target_params is not None:

@@ -22,7 +22,8 @@ def calibration_dataset(
     seed: int = 0,
     text_column: str = "text",
 ):
-    """``num_samples`` windows of ``seq_len`` tokens from ``source``'s calibration split."""
+    """``num_samples`` windows of ``seq_len`` tokens from ``source``'s calibration
+    split."""
     from datasets import Dataset
 
     texts = load_texts(source, "calibration", text_column)

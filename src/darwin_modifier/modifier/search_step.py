@@ -49,13 +49,15 @@ def build_pools(modifier, model, tokenizer) -> Pools:
 
 
 def search(modifier, model, store: DatabaseStore) -> Genome:
-    """The best genome for the modifier's target; the uniform parent if no generations."""
+    """The best genome for the modifier's target; the uniform parent if no
+    generations."""
     budget = Budget.from_store(store)
     target_params, target_level = modifier.target(budget.dense_params())
     parent = initial_genome(budget, target_params, level=target_level)
     max_params = target_params if target_params is not None else budget.params(parent)
     logger.info(
-        f"search: uniform parent {budget.params(parent):,} params, budget {max_params:,}"
+        f"search: uniform parent {budget.params(parent):,} params, "
+        f"budget {max_params:,}"
     )
     history: list[dict] = []
     best = parent

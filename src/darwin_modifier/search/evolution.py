@@ -53,7 +53,8 @@ class SearchSettings:
 
 @dataclass
 class Pools:
-    """Token windows for light training and for fitness, plus the cached dense targets."""
+    """Token windows for light training and for fitness, plus the cached dense
+    targets."""
 
     train: torch.Tensor  # [n_train, seq]
     fitness: torch.Tensor  # [n_fit, seq]
@@ -137,7 +138,8 @@ def run_search(
     state_dir: str | Path,
     on_generation: Callable[[dict], None] | None = None,
 ) -> SearchResult:
-    """Evolve from ``parent`` for ``settings.generations``, resuming from ``state_dir``."""
+    """Evolve from ``parent`` for ``settings.generations``, resuming from
+    ``state_dir``."""
     state_dir = Path(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     rng = random.Random(settings.seed)

@@ -35,7 +35,8 @@ class Stage:
         return asdict(self)
 
 
-# The paper's schedule for 16 offspring: (survivors, light-training tokens, fitness tokens)
+# The paper's schedule for 16 offspring: (survivors, light-training tokens,
+# fitness tokens)
 PAPER_STAGES = (
     Stage(8, 10_000, 1_024),
     Stage(4, 50_000, 2_048),

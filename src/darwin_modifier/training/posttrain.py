@@ -69,7 +69,8 @@ def post_train(
     )
     if steps < 1:
         raise ValueError(
-            f"{settings.tokens} tokens in batches of {settings.batch_size} x {seq} make no "
+            f"{settings.tokens} tokens in batches of {settings.batch_size} x {seq} "
+            "make no "
             f"step (or only {len(train_windows)} windows available)"
         )
     trainer = Trainer(model, settings.optim, steps, loss_fn)

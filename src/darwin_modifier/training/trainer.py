@@ -90,7 +90,8 @@ class Trainer:
         return loss.item()
 
     def run(self, batches: Iterable[torch.Tensor], on_step: StepHook | None = None):
-        """Train on ``batches``; returns the step losses. The model ends in eval mode."""
+        """Train on ``batches``; returns the step losses. The model ends in eval
+        mode."""
         losses = []
         try:
             for ids in batches:
