@@ -11,9 +11,10 @@ and with repeats a level step no longer moves a fixed number of parameters.
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Sequence
 from itertools import pairwise
+
+from darwin_modifier.database.obs import as_int as _as_int
 
 __all__ = [
     "MLP_CHANNEL_MULTIPLE",
@@ -24,16 +25,6 @@ __all__ = [
 
 NUM_LEVELS = 11  # the paper's levels 0 … 10
 MLP_CHANNEL_MULTIPLE = 32  # MLP widths in whole tiles of 32 channels, as the authors do
-
-
-def _as_int(value: object, name: str) -> int:
-    """Accept ints and int-like scalars (numpy ints), reject bools and floats."""
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    try:
-        return operator.index(value)  # type: ignore[arg-type]
-    except TypeError:
-        raise ValueError(f"{name} must be an integer, got {value!r}") from None
 
 
 def parameter_ladder(

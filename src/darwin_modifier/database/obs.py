@@ -105,7 +105,8 @@ def _inverse_spd(A: Tensor, what: str) -> Tensor:
     return torch.cholesky_inverse(L)
 
 
-def _as_int(value: object, name: str) -> int:
+def as_int(value: object, name: str) -> int:
+    """Accept ints and int-like scalars (numpy ints), reject bools and floats."""
     if isinstance(value, bool):
         raise ValueError(f"{name} must be an integer, got {value!r}")
     try:
@@ -115,7 +116,7 @@ def _as_int(value: object, name: str) -> int:
 
 
 def _check_counts(keep_counts: Sequence[int], n_groups: int) -> list[int]:
-    counts = [_as_int(c, "keep count") for c in keep_counts]
+    counts = [as_int(c, "keep count") for c in keep_counts]
     for c in counts:
         if not 0 <= c <= n_groups:
             raise ValueError(f"keep count {c} outside [0, {n_groups}]")
@@ -151,7 +152,7 @@ def obs_prune_trajectory(
     out_f, in_f = W.shape
     if H.shape != (in_f, in_f):
         raise ValueError(f"H has shape {tuple(H.shape)}, expected {(in_f, in_f)}")
-    g = _as_int(group_size, "group_size")
+    g = as_int(group_size, "group_size")
     if g < 1:
         raise ValueError(f"group_size must be positive, got {g}")
     if in_f % g:
