@@ -9,6 +9,13 @@ tokens, greedy, ignore_eos) and single-sequence decode tokens/s (128 in / 128 ou
 alternating the two models over several rounds; see
 :mod:`darwin_modifier.evaluation.serving_speed` for the method. ``--quick`` runs
 smaller settings (batch 16, 64 tokens, eager mode) for tests and demos.
+
+``--ppl-windows N`` adds held-out perplexity from vLLM's prompt logprobs. The same
+script compares a checkpoint with its quantized copy (equal parameter counts, so no
+size limit applies):
+
+    python benchmarks/serve.py --dense PRUNED --pruned PRUNED_W8A8 \
+        --labels unquantized,w8a8 --no-limit --ppl-windows 32 --json out.json
 """
 
 from __future__ import annotations
@@ -49,6 +56,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--max-num-batched-tokens", type=int)
     p.add_argument(
+        "--ppl-windows", type=int, help="held-out windows for vLLM perplexity"
+    )
+    p.add_argument("--ppl-seq-len", type=int, help="their length (default 512)")
+    p.add_argument("--labels", default="dense,pruned", help="names of the two columns")
+    p.add_argument(
+        "--no-limit",
+        action="store_true",
+        help="models of equal size (e.g. quantized): no parameter-count limit",
+    )
+    p.add_argument(
         "--preload",
         action="store_true",
         default=None,
@@ -64,6 +81,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    labels = tuple(args.labels.split(","))
+    if len(labels) != 2:
+        raise SystemExit(
+            f"--labels takes two names, e.g. unquantized,w8a8; got {labels}"
+        )
     base = QUICK if args.quick else SpeedSettings()
     lengths = {}
     if args.input_len is not None:
@@ -80,12 +102,15 @@ def main(argv=None) -> dict:
         max_num_batched_tokens=args.max_num_batched_tokens,
         preload=args.preload,
         quiet_wait_s=args.quiet_wait,
+        ppl_windows=args.ppl_windows,
+        ppl_seq_len=args.ppl_seq_len,
         **lengths,
     )
     result = compare_serving_speed(args.dense, args.pruned, settings)
     result["quick"] = args.quick
+    result["labels"] = labels
     print()
-    print(format_table(result))
+    print(format_table(result, labels, target=not args.no_limit))
     print(f"(one run: {result['wall_s']:.0f} s including engine start-up)")
     if args.json:
         path = Path(args.json)

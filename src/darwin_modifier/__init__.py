@@ -1,7 +1,8 @@
 """darwin-modifier: DarwinLM evolutionary structured pruning for LLM Compressor.
 
 Importing the package registers the shrunk-model format with transformers' Auto classes
-and, where llmcompressor is installed, ``DarwinLMModifier`` with its recipe factory. The
+and, where llmcompressor is installed, ``DarwinLMModifier`` and
+``DarwinLMTrainingModifier`` with its recipe factory. The
 serve environment has no llmcompressor, and vLLM imports this ``__init__`` through the
 plugin entry point, so llmcompressor is only imported when it is there.
 """
@@ -15,6 +16,10 @@ __version__ = "0.1.0"
 __all__ = ["DenseShape", "LayerPlan", "Plan", "__version__"]
 
 if find_spec("llmcompressor") is not None:
-    from darwin_modifier.modifier import DarwinLMModifier, StageSpec  # noqa: F401
+    from darwin_modifier.modifier import (  # noqa: F401
+        DarwinLMModifier,
+        DarwinLMTrainingModifier,
+        StageSpec,
+    )
 
-    __all__ += ["DarwinLMModifier", "StageSpec"]
+    __all__ += ["DarwinLMModifier", "DarwinLMTrainingModifier", "StageSpec"]

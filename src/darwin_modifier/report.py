@@ -93,3 +93,37 @@ def _plot_profile(path: Path, uniform: list, best: list) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_training(path: Path, history: dict) -> None:
+    """Post-training loss per step, and held-out perplexity where it was evaluated."""
+    if not history["loss"]:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    steps = range(1, len(history["loss"]) + 1)
+    ax.plot(steps, history["loss"], color="tab:blue", alpha=0.6, label="train loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("train loss")
+    evals = [e for e in history["eval"] if "ppl" in e]
+    if evals:
+        right = ax.twinx()
+        right.plot(
+            [e["step"] for e in evals],
+            [e["ppl"] for e in evals],
+            "o-",
+            color="tab:red",
+            label="held-out perplexity",
+        )
+        right.set_ylabel("held-out perplexity")
+        right.legend(loc="upper right")
+    ax.legend(loc="upper left")
+    ax.set_title("Post-compression training")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -3,8 +3,10 @@
 Runs only where vLLM is installed (the serve environment). Each checkpoint is served by
 ``vllm.LLM(model=dir)`` in a fresh interpreter that imports nothing from this package:
 the architecture has to come from the installed ``vllm.general_plugins`` entry point,
-as it would for a user. The same greedy continuations and log-probabilities must come
-out of transformers' ``generate`` on the same shrunk model.
+as it would for a user (the package's perplexity helper is imported only once the
+engine is up). The same greedy continuations and log-probabilities must come out of
+transformers' ``generate`` on the same shrunk model, and the same perplexity of the
+prompts out of vLLM's prompt logprobs as out of transformers' forward pass.
 """
 
 from __future__ import annotations
@@ -90,7 +92,10 @@ for out in outputs:
             "logprobs": [lp[t].logprob for t, lp in zip(c.token_ids, c.logprobs)],
         }
     )
-json.dump(result, open(out_file, "w"))
+from darwin_modifier.evaluation.serving_speed import measure_perplexity
+
+ppl = measure_perplexity(llm, prompts)
+json.dump({"outputs": result, "perplexity": ppl}, open(out_file, "w"))
 """.replace("NEW_TOKENS", str(NEW_TOKENS))
 
 # vLLM CPU quirks: without VLLM_CPU_KVCACHE_SPACE (GiB) the default memory fraction
@@ -127,7 +132,7 @@ def transformers_greedy(model, prompt: list[int]) -> tuple[list[int], list[float
     return tokens, logprobs
 
 
-def vllm_greedy(model_dir, tmp_path, prompt_ids) -> list[dict]:
+def vllm_greedy(model_dir, tmp_path, prompt_ids) -> dict:
     prompts_file, out_file = tmp_path / "prompts.json", tmp_path / "vllm.json"
     prompts_file.write_text(json.dumps(prompt_ids))
     run = subprocess.run(
@@ -166,7 +171,20 @@ def test_vllm_matches_transformers(family, tmp_path):
     prompt_ids = prompts()
     served = vllm_greedy(model_dir, tmp_path, prompt_ids)
     with torch.no_grad():
-        for prompt, got in zip(prompt_ids, served, strict=True):
+        nll = [
+            torch.nn.functional.cross_entropy(
+                small(torch.tensor([p])).logits[0, :-1],
+                torch.tensor(p[1:]),
+                reduction="sum",
+            )
+            for p in prompt_ids
+        ]
+        tokens = sum(len(p) - 1 for p in prompt_ids)
+        assert served["perplexity"]["tokens"] == tokens
+        torch.testing.assert_close(
+            served["perplexity"]["nll"], (sum(nll) / tokens).item(), atol=1e-4, rtol=0
+        )
+        for prompt, got in zip(prompt_ids, served["outputs"], strict=True):
             tokens, logprobs = transformers_greedy(small, prompt)
             assert got["tokens"] == tokens, f"prompt {prompt}"
             torch.testing.assert_close(

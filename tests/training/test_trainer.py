@@ -95,3 +95,31 @@ def test_kd_without_teacher_is_refused(tmp_path):
     _, model = small_model()
     with pytest.raises(ValueError, match="needs the dense teacher"):
         post_train(model, data(0, 4), PostTrainSettings(loss="kd"), tmp_path)
+
+
+def test_a_hook_stops_the_run_and_the_rest_resumes(tmp_path):
+    windows = data(2, 16)
+    settings = PostTrainSettings(
+        tokens=16 * 32, batch_size=2, checkpoint_every=100, optim=OPTIM
+    )
+    _, uninterrupted = small_model()
+    post_train(uninterrupted, windows, settings, tmp_path / "a")
+
+    _, stopped = small_model()
+    seen = []
+
+    def stop_at_three(step: int, loss: float) -> bool:
+        seen.append(step)
+        return step == 3
+
+    history = post_train(
+        stopped, windows, settings, tmp_path / "b", on_step=stop_at_three
+    )
+    assert seen == [1, 2, 3] and len(history["loss"]) == 3
+    _, resumed = small_model()
+    history = post_train(resumed, windows, settings, tmp_path / "b")
+    assert len(history["loss"]) == 8
+    for (name, a), b in zip(
+        uninterrupted.state_dict().items(), resumed.state_dict().values()
+    ):
+        torch.testing.assert_close(a, b, msg=name)

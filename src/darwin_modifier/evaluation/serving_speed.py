@@ -83,12 +83,17 @@ class SpeedSettings:
     quiet_cores: float = 0.3
     # LD_PRELOAD Intel OpenMP / tcmalloc where found, as vLLM's CPU guide advises
     preload: bool = False
+    # Also held-out perplexity from vLLM's prompt logprobs (0 windows: skip), after the
+    # timed rounds: e.g. a quantized checkpoint next to the one it was made from.
+    ppl_windows: int = 0
+    ppl_seq_len: int = 512
 
     @property
     def max_model_len(self) -> int:
         return max(
             self.input_len + self.output_len,
             self.latency_input_len + self.latency_output_len,
+            self.ppl_seq_len + 1 if self.ppl_windows else 0,
         )
 
 
@@ -219,6 +224,28 @@ def measure_latency(
         "decode_tok_s": (output_len - 1) / (e2e - ttft),
         "e2e_tok_s": output_len / e2e,
     }
+
+
+def measure_perplexity(llm, windows: Sequence[Sequence[int]]) -> dict:
+    """Teacher-forced perplexity of token windows, from vLLM's prompt logprobs.
+
+    Counts as :func:`darwin_modifier.evaluation.quality.evaluate` does (every token
+    after the first of each window), so the two sides' figures compare directly.
+    """
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    params = SamplingParams(
+        temperature=0.0, max_tokens=1, prompt_logprobs=0, detokenize=False
+    )
+    inputs = [TokensPrompt(prompt_token_ids=list(w)) for w in windows]
+    outputs = llm.generate(inputs, params, use_tqdm=False)
+    nll, count = 0.0, 0
+    for window, output in zip(windows, outputs):
+        for token, logprobs in zip(window[1:], output.prompt_logprobs[1:]):
+            nll -= logprobs[token].logprob
+            count += 1
+    return {"ppl": math.exp(nll / count), "nll": nll / count, "tokens": count}
 
 
 # ---------------------------------------------------------------------- machine load
@@ -418,6 +445,8 @@ def _worker_main(conn, model_dir: str, settings: SpeedSettings, env: dict) -> No
                 conn.send(("ok", measure_throughput(llm, *args)))
             elif cmd == "latency":
                 conn.send(("ok", measure_latency(llm, *args)))
+            elif cmd == "perplexity":
+                conn.send(("ok", measure_perplexity(llm, *args)))
             else:
                 conn.send(("error", f"unknown command {cmd!r}"))
         del llm
@@ -475,6 +504,10 @@ class ModelWorker:
 
     def latency(self, prompt, output_len: int, iters: int = 1) -> dict:
         self._conn.send(("latency", (prompt, output_len, iters)))
+        return self._reply()
+
+    def perplexity(self, windows) -> dict:
+        self._conn.send(("perplexity", (windows,)))
         return self._reply()
 
     def close(self) -> None:
@@ -630,6 +663,16 @@ def compare_serving_speed(
                     f"(others {lt.get('foreign_cores', 0):.1f} cores)"
                 )
             r += 1
+        perplexity = None
+        if settings.ppl_windows:
+            windows = _heldout_token_windows(dirs["dense"], settings)
+            perplexity = {name: workers[name].perplexity(windows) for name in names}
+            perplexity["windows"] = len(windows)
+            perplexity["seq_len"] = settings.ppl_seq_len
+            log(
+                "[serving-speed] held-out perplexity under vLLM: "
+                + ", ".join(f"{n} {perplexity[n]['ppl']:.2f}" for n in names)
+            )
     finally:
         for worker in workers.values():
             worker.close()
@@ -681,6 +724,7 @@ def compare_serving_speed(
             "fraction_of_limit": throughput["speedup"] / speedup_limit,
         },
         "rounds_run": r,
+        "perplexity": perplexity,
         "samples": {"throughput": tput, "latency_b1": lat},
         "engine": {
             name: {k: v for k, v in workers[name].info.items()} for name in names
@@ -702,16 +746,34 @@ def compare_serving_speed(
     }
 
 
-def format_table(result: dict) -> str:
-    """A small plain-text table of a :func:`compare_serving_speed` result."""
+def _heldout_token_windows(model_dir: str, settings: SpeedSettings) -> list[list[int]]:
+    """The held-out windows that the transformers-side evaluation uses."""
+    from transformers import AutoTokenizer
+
+    from darwin_modifier.evaluation.quality import heldout_windows
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    return heldout_windows(
+        tokenizer, seq_len=settings.ppl_seq_len, num_windows=settings.ppl_windows
+    ).tolist()
+
+
+def format_table(
+    result: dict, labels: tuple[str, str] = ("dense", "pruned"), target: bool = True
+) -> str:
+    """A small plain-text table of a :func:`compare_serving_speed` result.
+
+    ``labels`` name the two columns (e.g. unquantized / W8A8); ``target=False`` leaves
+    out the parameter-count limit, which means nothing for two equally sized models.
+    """
     t, lt = result["throughput"], result["latency_b1"]
     rows = [
-        ("", "dense", "pruned", "speedup"),
+        ("", *labels, "speedup"),
         (
             "params",
             f"{result['dense_params'] / 1e6:.1f}M",
             f"{result['pruned_params'] / 1e6:.1f}M",
-            f"{result['speedup_limit']:.2f}x (limit)",
+            f"{result['speedup_limit']:.2f}x (limit)" if target else "",
         ),
         (
             f"throughput b{t['batch']} tok/s",
@@ -732,6 +794,17 @@ def format_table(result: dict) -> str:
             "",
         ),
     ]
+    ppl = result.get("perplexity")
+    if ppl:
+        a, b = ppl["dense"]["ppl"], ppl["pruned"]["ppl"]
+        rows.append(
+            (
+                f"held-out ppl ({ppl['windows']} x {ppl['seq_len']})",
+                f"{a:.2f}",
+                f"{b:.2f}",
+                f"x{b / a:.3f}",
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     noisy = [
@@ -744,12 +817,13 @@ def format_table(result: dict) -> str:
         lines.append(
             "WARNING: no sample ran on a quiet machine for " + ", ".join(noisy)
         )
-    target = result["target"]
-    lines.append(
-        f"target throughput speedup >= {target['threshold']:.2f}x "
-        f"(0.9 x limit): {'met' if target['met'] else 'NOT met'} "
-        f"({target['fraction_of_limit']:.0%} of the limit)"
-    )
+    if target:
+        rule = result["target"]
+        lines.append(
+            f"target throughput speedup >= {rule['threshold']:.2f}x "
+            f"(0.9 x limit): {'met' if rule['met'] else 'NOT met'} "
+            f"({rule['fraction_of_limit']:.0%} of the limit)"
+        )
     return "\n".join(lines)
 
 

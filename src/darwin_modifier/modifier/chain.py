@@ -243,39 +243,48 @@ def _explain(kind, bad, group, darwin, shape, ladders, quantizer_name) -> str:
 def check_stages(stages: Sequence[Recipe], config) -> None:
     """Before any work: every DarwinLM stage against the quantization after it."""
     for i, stage in enumerate(stages):
-        darwins = _darwins(stage.modifiers)
-        if darwins and _quantizers(stage.modifiers):
+        if _reshapers(stage.modifiers) and _quantizers(stage.modifiers):
             raise ValueError(_same_pass_message(stage.modifiers))
         later = [q for s in stages[i + 1 :] for q in _quantizers(s.modifiers)]
-        for darwin in darwins:
+        for darwin in _darwins(stage.modifiers):
             check_quantization_alignment(darwin, later, config)
+
+
+def _reshapers(modifiers: Iterable[Modifier]) -> list[Modifier]:
+    """Modifiers that change the weights at finalize: DarwinLM (shape) and training."""
+    from darwin_modifier.modifier.posttrain import DarwinLMTrainingModifier
+
+    trainers = [m for m in modifiers if isinstance(m, DarwinLMTrainingModifier)]
+    return _darwins(modifiers) + trainers
 
 
 def _same_pass_message(modifiers) -> str:
     names = [type(m).__name__ for m in _quantizers(modifiers)]
+    ours = sorted({type(m).__name__ for m in _reshapers(modifiers)})
     return (
-        f"DarwinLMModifier and {names} are in the same oneshot pass: every modifier is "
-        "initialized and calibrated on the dense model before DarwinLM shrinks it at "
-        "finalize, so the quantization would see the dense shapes and be lost with "
-        "the replaced layers. Put the quantization in a later *_stage and run the "
-        "recipe stage by stage (darwin_modifier.modifier.chain.oneshot_stages, or "
-        "oneshot(stage=...) once per stage)."
+        f"{' and '.join(ours)} and {names} are in the same oneshot pass: every "
+        "modifier is initialized and calibrated before any finalizes, and "
+        f"{' and '.join(ours)} change the weights (DarwinLM their shapes) at "
+        "finalize, so the quantization would calibrate weights that no longer exist. "
+        "Put the quantization in a later *_stage and run the recipe stage by stage "
+        "(darwin_modifier.modifier.chain.oneshot_stages, or oneshot(stage=...) once "
+        "per stage)."
     )
 
 
-def refuse_quantization_in_same_pass(modifier: DarwinLMModifier) -> None:
-    """For ``DarwinLMModifier.on_initialize``: refuse a quantizer in the same lifecycle.
+def refuse_quantization_in_same_pass(modifier: Modifier) -> None:
+    """For ``on_initialize`` of our modifiers: refuse a quantizer in the same lifecycle.
 
     The session's recipe holds exactly the modifiers of this ``oneshot`` call (a
     ``stage=`` call holds only that stage's), so stage-by-stage runs pass.
     """
-    if not modifier.shrink:
-        return
+    if not getattr(modifier, "shrink", True):
+        return  # a DarwinLM run that only builds the database changes no weights
     from llmcompressor.core import active_session
 
     modifiers = active_session().lifecycle.recipe.modifiers or []
     if _quantizers(modifiers):
-        raise ValueError(_same_pass_message(modifiers))
+        raise ValueError(_same_pass_message([modifier, *modifiers]))
 
 
 # ---- running --------------------------------------------------------------------
@@ -326,7 +335,9 @@ def oneshot_stages(
             elif save_stages and output_dir is not None:
                 stage_dir = os.path.join(output_dir, stage.stage)
             if not isinstance(model, str | os.PathLike):
-                _point_at_true_config(model, os.path.join(bridge, str(i)))
+                _point_at_true_config(
+                    model, os.path.join(bridge, str(i)), kwargs.get("processor")
+                )
             run = Oneshot(
                 model=model,
                 recipe=stage,
@@ -387,18 +398,21 @@ def run_oneshot_stages(
     )
 
 
-def _point_at_true_config(model, directory: str) -> None:
+def _point_at_true_config(model, directory: str, processor=None) -> None:
     """Give a shrunk model (empty ``_name_or_path``) a directory with its config.
 
     ``oneshot`` reads ``config.json`` from ``_name_or_path`` to check the model and, at
     save, to rewrite the saved config from it; an empty path fails the first, a dense
-    parent's path would undo the shrink in the second.
+    parent's path would undo the shrink in the second. The processor goes there too,
+    for modifiers that tokenize text of their own (post-training).
     """
     path = model.config._name_or_path
     if path and os.path.isfile(os.path.join(path, "config.json")):
         return
     os.makedirs(directory, exist_ok=True)
     model.config.save_pretrained(directory)
+    if processor is not None:
+        processor.save_pretrained(directory)
     model.config._name_or_path = directory
 
 

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from darwin_modifier.evaluation.quality import evaluate
 from darwin_modifier.training.losses import causal_lm_loss, distillation_loss
-from darwin_modifier.training.trainer import Trainer, TrainSettings
+from darwin_modifier.training.trainer import StepHook, Trainer, TrainSettings
 
 CHECKPOINT = "trainer_checkpoint.pt"
 
@@ -51,8 +51,13 @@ def post_train(
     out_dir: str | Path,
     teacher: nn.Module | None = None,
     eval_windows: torch.Tensor | None = None,
+    on_step: StepHook | None = None,
 ) -> dict:
-    """Train ``model`` in place; returns the history (losses and evaluations)."""
+    """Train ``model`` in place; returns the history (losses and evaluations).
+
+    ``on_step(step, loss)`` is called after each step's bookkeeping; returning True
+    stops the run there (its checkpoint is written first, so it can resume).
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if settings.loss == "kd" and teacher is None:
@@ -87,7 +92,7 @@ def post_train(
     batches = train_windows[: steps * settings.batch_size].split(settings.batch_size)
     bar = tqdm(total=steps, initial=trainer.step, desc="post-training")
 
-    def on_step(step: int, loss: float) -> None:
+    def after_step(step: int, loss: float) -> bool:
         history["loss"].append(loss)
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.3f}")
@@ -99,16 +104,18 @@ def post_train(
             history["eval"].append(
                 {"step": step, **_evaluate(model, teacher, eval_windows)}
             )
-        if step % settings.checkpoint_every == 0 or step == steps:
+        stop = bool(on_step is not None and on_step(step, loss))
+        if stop or step % settings.checkpoint_every == 0 or step == steps:
             _save_checkpoint(checkpoint, trainer, history)
+        return stop
 
-    trainer.run(batches[trainer.step :], on_step)
+    trainer.run(batches[trainer.step :], after_step)
     bar.close()
     if eval_windows is not None and (
-        not history["eval"] or history["eval"][-1]["step"] != steps
+        not history["eval"] or history["eval"][-1]["step"] != trainer.step
     ):
         history["eval"].append(
-            {"step": steps, **_evaluate(model, teacher, eval_windows)}
+            {"step": trainer.step, **_evaluate(model, teacher, eval_windows)}
         )
     (out_dir / "posttrain_history.json").write_text(json.dumps(history, indent=1))
     return history
