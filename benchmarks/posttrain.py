@@ -7,12 +7,18 @@ of the same budget), trains each model with cross-entropy and with distillation 
 dense model on the same training windows, and reports held-out perplexity and KL to
 dense before and after. The question it answers: does DarwinLM stay ahead of uniform
 after training?
+
+Then the DarwinLM checkpoint is quantized to INT8 W8A8 with LLM Compressor's
+``QuantizationModifier`` and served by vLLM (the serve environment's interpreter,
+``--serve-python``) next to the unquantized checkpoint: speed and held-out perplexity
+from vLLM's prompt logprobs, side by side (``benchmarks/serve.py --labels ...``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -39,6 +45,11 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--eval-windows", type=int, default=32)
+    parser.add_argument("--work", default="results/posttrain")
+    parser.add_argument("--serve-python", default=".venv-serve/bin/python")
+    parser.add_argument(
+        "--no-quantized", action="store_true", help="skip the W8A8 + vLLM part"
+    )
     args = parser.parse_args()
     start = time.time()
     demo = Path(args.demo)
@@ -80,6 +91,8 @@ def main() -> None:
         report["darwinlm"][loss]["ppl"] < report["uniform"][loss]["ppl"]
         for loss in ("ce", "kd")
     )
+    if not args.no_quantized:
+        report["quantized"] = quantized_under_vllm(args, demo / "darwinlm", heldout)
     report["wall_s"] = time.time() - start
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=1))
@@ -89,6 +102,73 @@ def main() -> None:
             row = report[name][stage]
             print(f"{name:<10} {stage:<8} {row['ppl']:>8.2f} {row['kl']:>8.4f}")
     print(f"DarwinLM ahead after training: {report['darwinlm_ahead_after_training']}")
+    if "quantized" in report:
+        q = report["quantized"]
+        vllm, hf = q["vllm_ppl"], q["transformers_ppl"]
+        print(
+            f"W8A8 under vLLM: throughput x{q['throughput_speedup']:.2f}, decode b1 "
+            f"x{q['decode_speedup']:.2f}, held-out ppl {vllm['unquantized']:.2f} -> "
+            f"{vllm['w8a8']:.2f} (transformers {hf['unquantized']:.2f} -> "
+            f"{hf['w8a8']:.2f})"
+        )
+
+
+def quantized_under_vllm(args, pruned: Path, heldout) -> dict:
+    """W8A8 copy of ``pruned`` (LLM Compressor), then vLLM: both side by side."""
+    from llmcompressor.modifiers.quantization import QuantizationModifier
+
+    from darwin_modifier.modifier.entry import run_oneshot
+
+    work = Path(args.work)
+    quantized = work / "darwinlm_w8a8"
+    if not (quantized / "config.json").exists():
+        recipe = QuantizationModifier(
+            scheme="W8A8", targets=["Linear"], ignore=["lm_head"]
+        )
+        run_oneshot(pruned, [recipe], quantized, num_samples=64, seq_len=512)
+    models = {
+        name: AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        for name, path in (("unquantized", pruned), ("w8a8", quantized))
+    }
+    transformers_ppl = evaluate(models, heldout, reference=None)
+    serve_json = work / "serve_w8a8.json"
+    command = [
+        args.serve_python,
+        "benchmarks/serve.py",
+        "--dense",
+        str(pruned),
+        "--pruned",
+        str(quantized),
+        "--labels",
+        "unquantized,w8a8",
+        "--no-limit",
+        "--ppl-windows",
+        str(args.eval_windows),
+        "--json",
+        str(serve_json),
+    ]
+    subprocess.run(command, check=True)
+    speed = json.loads(serve_json.read_text())
+    return {
+        "checkpoint": str(quantized),
+        "throughput_tok_s": {
+            "unquantized": speed["throughput"]["dense_tok_s"],
+            "w8a8": speed["throughput"]["pruned_tok_s"],
+        },
+        "decode_b1_tok_s": {
+            "unquantized": speed["latency_b1"]["dense_tok_s"],
+            "w8a8": speed["latency_b1"]["pruned_tok_s"],
+        },
+        "throughput_speedup": speed["throughput"]["speedup"],
+        "decode_speedup": speed["latency_b1"]["speedup"],
+        "vllm_ppl": {
+            "unquantized": speed["perplexity"]["dense"]["ppl"],
+            "w8a8": speed["perplexity"]["pruned"]["ppl"],
+        },
+        "vllm_dtype": speed["settings"]["dtype"],
+        "transformers_ppl": {k: v["ppl"] for k, v in transformers_ppl.items()},
+        "serve_json": str(serve_json),
+    }
 
 
 if __name__ == "__main__":

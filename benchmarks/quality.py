@@ -29,7 +29,7 @@ from darwin_modifier.modifier.search_step import search
 from darwin_modifier.search.genome import Budget, initial_genome
 
 CPU_SCHEDULE = dict(
-    generations=25,
+    generations=16,
     offspring=8,
     selection_stages=[
         {"survivors": 4, "train_tokens": 512, "fitness_tokens": 1024},

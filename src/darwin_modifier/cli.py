@@ -11,7 +11,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="darwin-modifier", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    compress = commands.add_parser("compress", help="run a recipe through oneshot")
+    compress = commands.add_parser(
+        "compress",
+        help="run a recipe through oneshot, one oneshot per *_stage (DarwinLM, "
+        "training, quantization)",
+    )
     compress.add_argument("--model", required=True, help="HF model id or directory")
     compress.add_argument("--recipe", required=True, help="YAML recipe path")
     compress.add_argument("--output-dir", required=True)
@@ -25,6 +29,11 @@ def main(argv: list[str] | None = None) -> None:
     compress.add_argument("--num-samples", type=int, default=64)
     compress.add_argument("--seq-len", type=int, default=512)
     compress.add_argument("--seed", type=int, default=0)
+    compress.add_argument(
+        "--save-stages",
+        action="store_true",
+        help="also save each earlier stage's model to OUTPUT_DIR/<stage>",
+    )
 
     train = commands.add_parser(
         "train", help="post-compression training of a checkpoint"
@@ -48,9 +57,9 @@ def main(argv: list[str] | None = None) -> None:
 
     args = parser.parse_args(argv)
     if args.command == "compress":
-        from darwin_modifier.modifier.entry import run_oneshot
+        from darwin_modifier.modifier.chain import run_oneshot_stages
 
-        run_oneshot(
+        run_oneshot_stages(
             args.model,
             args.recipe,
             args.output_dir,
@@ -59,6 +68,7 @@ def main(argv: list[str] | None = None) -> None:
             seq_len=args.seq_len,
             seed=args.seed,
             text_column=args.text_column,
+            save_stages=args.save_stages,
         )
     elif args.command == "train":
         _train(args)
