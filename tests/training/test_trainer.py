@@ -60,13 +60,24 @@ def test_distillation_lowers_kl_to_teacher(tmp_path):
     assert after < 0.8 * before
 
 
+def uninterrupted_run(windows, checkpoint_every: int, out):
+    """8 steps of 2 windows without a break: what every resumed run must equal."""
+    settings = PostTrainSettings(
+        tokens=16 * 32, batch_size=2, checkpoint_every=checkpoint_every, optim=OPTIM
+    )
+    _, model = small_model()
+    post_train(model, windows, settings, out)
+    return settings, model
+
+
+def assert_same_weights(expected, got) -> None:
+    for (name, a), b in zip(expected.state_dict().items(), got.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=name)
+
+
 def test_resume_continues_the_same_run(tmp_path, monkeypatch):
     windows = data(1, 16)
-    settings = PostTrainSettings(
-        tokens=16 * 32, batch_size=2, checkpoint_every=2, optim=OPTIM
-    )
-    _, uninterrupted = small_model()
-    post_train(uninterrupted, windows, settings, tmp_path / "a")
+    settings, uninterrupted = uninterrupted_run(windows, 2, tmp_path / "a")
 
     _, killed = small_model()
     real_step = Trainer.train_step
@@ -85,10 +96,7 @@ def test_resume_continues_the_same_run(tmp_path, monkeypatch):
     _, resumed = small_model()  # a fresh process would start from the untrained model
     history = post_train(resumed, windows, settings, tmp_path / "b")
     assert len(history["loss"]) == 8
-    for (name, a), b in zip(
-        uninterrupted.state_dict().items(), resumed.state_dict().values()
-    ):
-        torch.testing.assert_close(a, b, msg=name)
+    assert_same_weights(uninterrupted, resumed)
 
 
 def test_kd_without_teacher_is_refused(tmp_path):
@@ -99,11 +107,7 @@ def test_kd_without_teacher_is_refused(tmp_path):
 
 def test_a_hook_stops_the_run_and_the_rest_resumes(tmp_path):
     windows = data(2, 16)
-    settings = PostTrainSettings(
-        tokens=16 * 32, batch_size=2, checkpoint_every=100, optim=OPTIM
-    )
-    _, uninterrupted = small_model()
-    post_train(uninterrupted, windows, settings, tmp_path / "a")
+    settings, uninterrupted = uninterrupted_run(windows, 100, tmp_path / "a")
 
     _, stopped = small_model()
     seen = []
@@ -119,7 +123,4 @@ def test_a_hook_stops_the_run_and_the_rest_resumes(tmp_path):
     _, resumed = small_model()
     history = post_train(resumed, windows, settings, tmp_path / "b")
     assert len(history["loss"]) == 8
-    for (name, a), b in zip(
-        uninterrupted.state_dict().items(), resumed.state_dict().values()
-    ):
-        torch.testing.assert_close(a, b, msg=name)
+    assert_same_weights(uninterrupted, resumed)
