@@ -8,16 +8,17 @@ dense model on the same training windows, and reports held-out perplexity and KL
 dense before and after. The question it answers: does DarwinLM stay ahead of uniform
 after training?
 
-Then the DarwinLM checkpoint is quantized to INT8 W8A8 with LLM Compressor's
-``QuantizationModifier`` and served by vLLM (the serve environment's interpreter,
-``--serve-python``) next to the unquantized checkpoint: speed and held-out perplexity
-from vLLM's prompt logprobs, side by side (``benchmarks/serve.py --labels ...``).
+Then the DarwinLM checkpoint (the demo's, untrained) is quantized to INT8 W8A8 with
+LLM Compressor's ``QuantizationModifier`` and served by vLLM (the serve environment's
+interpreter, ``--serve-python``) next to the unquantized checkpoint: speed and held-out
+perplexity from vLLM's prompt logprobs, side by side (``benchmarks/serve.py``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import tempfile
 import time
@@ -121,11 +122,9 @@ def quantized_under_vllm(args, pruned: Path, heldout) -> dict:
 
     work = Path(args.work)
     quantized = work / "darwinlm_w8a8"
-    if not (quantized / "config.json").exists():
-        recipe = QuantizationModifier(
-            scheme="W8A8", targets=["Linear"], ignore=["lm_head"]
-        )
-        run_oneshot(pruned, [recipe], quantized, num_samples=64, seq_len=512)
+    shutil.rmtree(quantized, ignore_errors=True)  # never a copy of an older demo
+    recipe = QuantizationModifier(scheme="W8A8", targets=["Linear"], ignore=["lm_head"])
+    run_oneshot(pruned, [recipe], quantized, num_samples=64, seq_len=512)
     models = {
         name: AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
         for name, path in (("unquantized", pruned), ("w8a8", quantized))

@@ -103,14 +103,39 @@ def test_settings_are_checked():
         DarwinLMTrainingModifier(tokens=0)
 
 
-def test_quantization_in_the_training_stage_is_refused(tiny_dir, tmp_path):
+QUANT = "    QuantizationModifier:\n      scheme: W8A8\n      targets: [Linear]\n"
+
+
+def _check(recipe: str, tiny_dir) -> None:
     from transformers import AutoConfig
 
-    recipe = (
-        "train_stage:\n  train_modifiers:"
-        + TRAIN.format(tmp=tmp_path)
-        + "  quant_modifiers:\n    QuantizationModifier:\n      scheme: W8A8\n"
-        + "      targets: [Linear]\n"
-    )
+    check_stages(split_stages(recipe), AutoConfig.from_pretrained(tiny_dir))
+
+
+def test_quantization_in_the_training_stage_is_refused(tiny_dir, tmp_path):
+    recipe = "train_stage:\n  train_modifiers:" + TRAIN.format(tmp=tmp_path)
+    recipe += "  quant_modifiers:\n" + QUANT
     with pytest.raises(ValueError, match="DarwinLMTrainingModifier .* same oneshot"):
-        check_stages(split_stages(recipe), AutoConfig.from_pretrained(tiny_dir))
+        _check(recipe, tiny_dir)
+
+
+def test_training_after_quantization_is_refused(tiny_dir, tmp_path):
+    recipe = "quant_stage:\n  quant_modifiers:\n" + QUANT
+    recipe += "train_stage:\n  train_modifiers:" + TRAIN.format(tmp=tmp_path)
+    with pytest.raises(ValueError, match="before the quantization stage"):
+        _check(recipe, tiny_dir)
+
+
+def test_training_listed_before_darwin_is_refused(tiny_dir, tmp_path):
+    recipe = "one_stage:\n  train_modifiers:" + TRAIN.format(tmp=tmp_path)
+    recipe += "  darwin_modifiers:" + DARWIN.format(tmp=tmp_path)
+    with pytest.raises(ValueError, match="list it after"):
+        _check(recipe, tiny_dir)
+
+
+def test_a_teacher_without_config_is_refused_before_any_stage(tiny_dir, tmp_path):
+    train = TRAIN.format(tmp=tmp_path) + f"      loss: kd\n      teacher: {tmp_path}\n"
+    recipe = "darwin_stage:\n  darwin_modifiers:" + DARWIN.format(tmp=tmp_path)
+    recipe += "train_stage:\n  train_modifiers:" + train
+    with pytest.raises(ValueError, match="no loadable config"):
+        _check(recipe, tiny_dir)

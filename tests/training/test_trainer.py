@@ -124,3 +124,10 @@ def test_a_hook_stops_the_run_and_the_rest_resumes(tmp_path):
     history = post_train(resumed, windows, settings, tmp_path / "b")
     assert len(history["loss"]) == 8
     assert_same_weights(uninterrupted, resumed)
+
+
+def test_a_checkpoint_of_another_run_is_refused(tmp_path):
+    settings, _ = uninterrupted_run(data(3, 16), 2, tmp_path)
+    _, model = small_model()
+    with pytest.raises(ValueError, match="another run.*delete it"):
+        post_train(model, data(4, 16), settings, tmp_path)  # other training text

@@ -22,7 +22,7 @@ from darwin_modifier.database.build import DatabaseBuilder
 from darwin_modifier.database.prune import LadderSpec
 from darwin_modifier.database.store import DatabaseStore
 from darwin_modifier.families import family_of
-from darwin_modifier.modifier.inplace import shrink_in_place
+from darwin_modifier.modifier.inplace import shrink_in_place, undo_offloading
 from darwin_modifier.plan import DenseShape, Plan
 
 __all__ = ["DarwinLMModifier", "StageSpec"]
@@ -152,6 +152,8 @@ class DarwinLMModifier(Modifier):
         # active there (no grad, LM head disabled), and the search needs both.
         self.remove_hooks()
         self._store.require_complete()
+        if self.generations > 0:
+            undo_offloading(state.model)  # the light training needs real parameters
         best = self._search(state.model)
         if self.shrink:
             plan, overrides = assemble(self._store, best.attn, best.mlp)

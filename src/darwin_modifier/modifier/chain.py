@@ -241,30 +241,60 @@ def _explain(kind, bad, group, darwin, shape, ladders, quantizer_name) -> str:
 
 
 def check_stages(stages: Sequence[Recipe], config) -> None:
-    """Before any work: every DarwinLM stage against the quantization after it."""
+    """Before any work: every stage's order, and DarwinLM's widths against the
+    quantization after it."""
     for i, stage in enumerate(stages):
         if _reshapers(stage.modifiers) and _quantizers(stage.modifiers):
             raise ValueError(_same_pass_message(stage.modifiers))
+        check_training_order(stage.modifiers)
+        earlier = [q for s in stages[:i] for q in _quantizers(s.modifiers)]
+        for trainer in _trainers(stage.modifiers):
+            trainer.check_teacher()
+            if earlier:
+                raise ValueError(
+                    f"stage {stage.stage!r} trains after the quantization of an "
+                    f"earlier stage ({type(earlier[0]).__name__}): quantized weights "
+                    "take no useful gradient and their scales would go stale. Put "
+                    "the training stage before the quantization stage."
+                )
         later = [q for s in stages[i + 1 :] for q in _quantizers(s.modifiers)]
         for darwin in _darwins(stage.modifiers):
             check_quantization_alignment(darwin, later, config)
 
 
-def _reshapers(modifiers: Iterable[Modifier]) -> list[Modifier]:
-    """Modifiers that change the weights at finalize: DarwinLM (shape) and training."""
+def check_training_order(modifiers: Sequence[Modifier]) -> None:
+    """In one pass, modifiers finalize in recipe order: training must come after
+    DarwinLM, or the search would run on weights the database does not describe."""
+    trainers, darwins = _trainers(modifiers), _darwins(modifiers)
+    if trainers and darwins:
+        position = {id(m): k for k, m in enumerate(modifiers)}
+        if position[id(trainers[0])] < position[id(darwins[-1])]:
+            raise ValueError(
+                "DarwinLMTrainingModifier is listed before DarwinLMModifier in the "
+                "same stage; list it after, so that it trains the shrunk model"
+            )
+
+
+def _trainers(modifiers: Iterable[Modifier]) -> list[Modifier]:
     from darwin_modifier.modifier.posttrain import DarwinLMTrainingModifier
 
-    trainers = [m for m in modifiers if isinstance(m, DarwinLMTrainingModifier)]
-    return _darwins(modifiers) + trainers
+    return [m for m in modifiers if isinstance(m, DarwinLMTrainingModifier)]
+
+
+def _reshapers(modifiers: Iterable[Modifier]) -> list[Modifier]:
+    """Modifiers that change the weights at finalize: DarwinLM (shape) and training."""
+    modifiers = list(modifiers)
+    return _darwins(modifiers) + _trainers(modifiers)
 
 
 def _same_pass_message(modifiers) -> str:
     names = [type(m).__name__ for m in _quantizers(modifiers)]
     ours = sorted({type(m).__name__ for m in _reshapers(modifiers)})
+    verb = "changes" if len(ours) == 1 else "change"
     return (
         f"{' and '.join(ours)} and {names} are in the same oneshot pass: every "
         "modifier is initialized and calibrated before any finalizes, and "
-        f"{' and '.join(ours)} change the weights (DarwinLM their shapes) at "
+        f"{' and '.join(ours)} {verb} the weights (DarwinLM their shapes) at "
         "finalize, so the quantization would calibrate weights that no longer exist. "
         "Put the quantization in a later *_stage and run the recipe stage by stage "
         "(darwin_modifier.modifier.chain.oneshot_stages, or oneshot(stage=...) once "

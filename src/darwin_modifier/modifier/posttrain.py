@@ -27,6 +27,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from darwin_modifier.data.windows import load_texts, token_windows
 from darwin_modifier.evaluation.quality import heldout_windows
+from darwin_modifier.modifier.inplace import undo_offloading
 from darwin_modifier.report import plot_training
 from darwin_modifier.training.posttrain import PostTrainSettings, post_train
 from darwin_modifier.training.trainer import TrainSettings
@@ -74,7 +75,30 @@ class DarwinLMTrainingModifier(Modifier):
             )
         if self.loss == "ce" and (self.ce_weight or self.kd_topk):
             raise ValueError("ce_weight and kd_topk apply only to loss 'kd'")
+        if self.steps < 1:
+            raise ValueError(
+                f"tokens {self.tokens} make no step of {self.batch_size} x "
+                f"{self.seq_len} tokens; raise tokens or lower seq_len"
+            )
         return self
+
+    @property
+    def steps(self) -> int:
+        return self.tokens // (self.seq_len * self.batch_size)
+
+    def check_teacher(self) -> None:
+        """Before any work (also before earlier stages): the teacher can be loaded."""
+        if self.loss != "kd":
+            return
+        from transformers import AutoConfig
+
+        try:
+            AutoConfig.from_pretrained(self.teacher)
+        except (OSError, ValueError) as exc:
+            raise ValueError(
+                f"teacher {self.teacher!r} has no loadable config ({exc}); set "
+                "teacher to the dense model's directory or hub id"
+            ) from exc
 
     def settings(self) -> PostTrainSettings:
         return PostTrainSettings(
@@ -96,45 +120,57 @@ class DarwinLMTrainingModifier(Modifier):
         )
 
     def on_initialize(self, state: State, **kwargs) -> bool:
-        from darwin_modifier.modifier.chain import refuse_quantization_in_same_pass
+        from llmcompressor.core import active_session
+
+        from darwin_modifier.modifier.chain import (
+            check_training_order,
+            refuse_quantization_in_same_pass,
+        )
 
         refuse_quantization_in_same_pass(self)  # it would calibrate untrained weights
-        self._tokenizer = self._load_tokenizer(state.model)  # fail before any work
+        check_training_order(active_session().lifecycle.recipe.modifiers or [])
+        self.check_teacher()
+        # Text and tokenizer now, so that a bad source fails before any calibration.
+        tokenizer = self._load_tokenizer(state.model)
+        texts = load_texts(self.dataset, "train", self.text_column)
+        self._windows = token_windows(
+            texts, tokenizer, self.seq_len, self.steps * self.batch_size, self.seed
+        )
+        self._heldout = None
+        if self.eval_windows:
+            self._heldout = heldout_windows(
+                tokenizer, self.dataset, self.seq_len, self.eval_windows
+            )
         return True
 
     def on_finalize(self, state: State, **kwargs) -> bool:
         model = state.model
-        steps = self.tokens // (self.seq_len * self.batch_size)
-        if steps < 1:
-            raise ValueError(
-                f"tokens {self.tokens} make no step of {self.batch_size} x "
-                f"{self.seq_len} tokens; raise tokens or lower seq_len"
-            )
-        texts = load_texts(self.dataset, "train", self.text_column)
-        windows = token_windows(
-            texts, self._tokenizer, self.seq_len, steps * self.batch_size, self.seed
-        )
-        evaluation = None
-        if self.eval_windows:
-            evaluation = heldout_windows(
-                self._tokenizer, self.dataset, self.seq_len, self.eval_windows
-            )
+        undo_offloading(model)
+        device = next(model.parameters()).device
         teacher = None
         if self.loss == "kd":
-            device = next(model.parameters()).device
             teacher = AutoModelForCausalLM.from_pretrained(
                 self.teacher, dtype=torch.float32
             ).to(device)
             teacher.eval().requires_grad_(False)
+        # fp32 master weights: AdamW steps of lr 1e-5 vanish in bf16 / fp16 weights
+        # (oneshot loads hub models in their own dtype); bf16_autocast keeps the speed.
+        dtype = next(model.parameters()).dtype
+        model.to(torch.float32)
         logger.info(
-            f"post-training: {steps} steps of {self.batch_size} x {self.seq_len} "
+            f"post-training: {self.steps} steps of {self.batch_size} x {self.seq_len} "
             f"tokens, loss {self.loss}"
         )
         history = post_train(
-            model, windows, self.settings(), self.train_dir, teacher, evaluation
+            model,
+            self._windows,
+            self.settings(),
+            self.train_dir,
+            teacher,
+            self._heldout,
         )
+        model.to(dtype)
         plot_training(Path(self.train_dir) / "posttrain.png", history)
-        del teacher
         return True
 
     def _load_tokenizer(self, model):

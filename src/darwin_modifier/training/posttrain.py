@@ -7,6 +7,7 @@ the same run. The trained model is saved in the same checkpoint format as the in
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -78,11 +79,18 @@ def post_train(
             "make no "
             f"step (or only {len(train_windows)} windows available)"
         )
+    identity = _run_identity(model, train_windows, settings)
     trainer = Trainer(model, settings.optim, steps, loss_fn)
     history = {"settings": asdict(settings), "loss": [], "eval": []}
     checkpoint = out_dir / CHECKPOINT
     if checkpoint.exists():
         state = torch.load(checkpoint, weights_only=False)
+        if state.get("identity") != identity:
+            raise ValueError(
+                f"{checkpoint} belongs to another run (other starting weights, "
+                "training text or settings); delete it, or give this run another "
+                "output directory (train_dir)"
+            )
         trainer.load_state_dict(state["trainer"])
         history = state["history"]
         logger.info(f"post-training: resuming at step {trainer.step} of {steps}")
@@ -106,7 +114,7 @@ def post_train(
             )
         stop = bool(on_step is not None and on_step(step, loss))
         if stop or step % settings.checkpoint_every == 0 or step == steps:
-            _save_checkpoint(checkpoint, trainer, history)
+            _save_checkpoint(checkpoint, trainer, history, identity)
         return stop
 
     trainer.run(batches[trainer.step :], after_step)
@@ -129,7 +137,25 @@ def _evaluate(model, teacher, windows) -> dict:
     ]
 
 
-def _save_checkpoint(path: Path, trainer: Trainer, history: dict) -> None:
+def _save_checkpoint(path: Path, trainer: Trainer, history: dict, identity) -> None:
     partial = path.with_suffix(".partial")
-    torch.save({"trainer": trainer.state_dict(), "history": history}, partial)
+    state = {"trainer": trainer.state_dict(), "history": history, "identity": identity}
+    torch.save(state, partial)
     os.replace(partial, path)
+
+
+def _run_identity(model: nn.Module, windows: torch.Tensor, settings) -> dict:
+    """What a resumed run must share with the one it continues: the starting weights
+    (a strided sample of every tensor, enough to tell two models apart), the text and
+    the settings that shape the schedule (not how often it evaluates or saves)."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        flat = tensor.detach().reshape(-1)
+        sample = flat[:: max(1, flat.numel() // 4096)].float().cpu()
+        digest.update(f"{name}{tuple(tensor.shape)}".encode())
+        digest.update(sample.numpy().tobytes())
+    text = hashlib.sha256(windows.to(torch.int64).numpy().tobytes()).hexdigest()
+    schedule = asdict(settings)
+    for key in ("eval_every", "checkpoint_every"):
+        schedule.pop(key)
+    return {"weights": digest.hexdigest(), "windows": text, "settings": schedule}
