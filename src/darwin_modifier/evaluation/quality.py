@@ -16,9 +16,13 @@ from darwin_modifier.data.windows import load_texts, token_windows
 
 
 def heldout_windows(
-    tokenizer, source="python-docs", seq_len: int = 512, num_windows: int | None = 32
+    tokenizer,
+    source="python-docs",
+    seq_len: int = 512,
+    num_windows: int | None = 32,
+    text_column: str = "text",
 ) -> torch.Tensor:
-    texts = load_texts(source, "heldout")
+    texts = load_texts(source, "heldout", text_column)
     return token_windows(texts, tokenizer, seq_len, num_windows, seed=1234)
 
 

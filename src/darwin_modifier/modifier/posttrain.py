@@ -139,7 +139,11 @@ class DarwinLMTrainingModifier(Modifier):
         self._heldout = None
         if self.eval_windows:
             self._heldout = heldout_windows(
-                tokenizer, self.dataset, self.seq_len, self.eval_windows
+                tokenizer,
+                self.dataset,
+                self.seq_len,
+                self.eval_windows,
+                self.text_column,
             )
         return True
 
