@@ -20,6 +20,10 @@ $(COMPRESS)/.stamp: pyproject.toml
 	$(PYTHON) -m venv $(COMPRESS)
 	$(COMPRESS)/bin/pip install $(PIP_FLAGS) $(TORCH)
 	$(COMPRESS)/bin/pip install $(PIP_FLAGS) -e '.[compress,test]'
+	# Editable installs leave out the wheel's start-up hook (recipes that name
+	# DarwinLMModifier without `import darwin_modifier`): copy it in.
+	$(COMPRESS)/bin/python -c "import shutil, sysconfig; \
+	    shutil.copy('src/darwin_modifier.pth', sysconfig.get_paths()['purelib'])"
 	touch $@
 
 $(SERVE)/.stamp: pyproject.toml

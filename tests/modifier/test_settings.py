@@ -90,3 +90,35 @@ def test_unsupported_architecture_is_named(tmp_path):
 
     with pytest.raises(ValueError, match="unsupported architecture model_type='gpt2'"):
         family_of(GPT2Config())
+
+
+# A fresh interpreter, as a user's script: LLM Compressor only, no darwin_modifier.
+WITHOUT_IMPORT = '''
+import sys
+from llmcompressor.recipe import Recipe
+
+recipe = Recipe.create_instance("""
+train_stage:
+  train_modifiers:
+    DarwinLMTrainingModifier: {tokens: 4096, seq_len: 64}
+""")
+assert "darwin_modifier" in sys.modules  # imported by the start-up hook
+(modifier,) = recipe.modifiers
+print(type(modifier).__module__, type(modifier).__name__, modifier.tokens)
+'''
+
+
+def test_recipe_name_resolves_without_import():
+    """Through darwin_modifier.pth (wheels; `make setup` for editable installs)."""
+    import subprocess
+    import sys
+
+    run = subprocess.run(
+        [sys.executable, "-c", WITHOUT_IMPORT], capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.split()[-3:] == [
+        "darwin_modifier.modifier.posttrain",
+        "DarwinLMTrainingModifier",
+        "4096",
+    ]
