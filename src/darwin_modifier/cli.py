@@ -80,34 +80,33 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _train(args) -> None:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """The recipe stage, run on its own: one oneshot with DarwinLMTrainingModifier."""
+    import os
 
-    from darwin_modifier.data.windows import load_texts, token_windows
-    from darwin_modifier.training.posttrain import PostTrainSettings, post_train
-    from darwin_modifier.training.trainer import TrainSettings
+    from darwin_modifier.modifier import DarwinLMTrainingModifier
+    from darwin_modifier.modifier.chain import run_oneshot_stages
 
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
-    teacher = None
-    if args.teacher:
-        teacher = AutoModelForCausalLM.from_pretrained(
-            args.teacher, dtype=torch.float32
-        )
-    texts = load_texts(args.dataset, "train", args.text_column)
-    windows = token_windows(texts, tokenizer, args.seq_len)
-    settings = PostTrainSettings(
+    modifier = DarwinLMTrainingModifier(
         tokens=args.tokens,
-        batch_size=args.batch_size,
         loss=args.loss,
+        teacher=args.teacher,
         kd_topk=args.kd_topk,
-        optim=TrainSettings(
-            lr=args.lr, warmup_steps=10, schedule="cosine", max_grad_norm=1.0
-        ),
+        learning_rate=args.lr,
+        batch_size=args.batch_size,
+        seq_len=args.seq_len,
+        dataset=args.dataset,
+        text_column=args.text_column,
+        train_dir=os.path.join(args.output_dir, "train"),
     )
-    post_train(model, windows, settings, args.output_dir, teacher=teacher)
-    model.save_pretrained(args.output_dir)
-    tokenizer.save_pretrained(args.output_dir)
+    run_oneshot_stages(
+        args.model,
+        [modifier],
+        args.output_dir,
+        dataset=args.dataset,
+        num_samples=1,  # oneshot wants calibration data; the trainer brings its own
+        seq_len=args.seq_len,
+        text_column=args.text_column,
+    )
 
 
 if __name__ == "__main__":
