@@ -29,13 +29,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from darwin_modifier.data import fetch_default_model
 from darwin_modifier.data.windows import load_texts, token_windows
-from darwin_modifier.database.assemble import assemble
-from darwin_modifier.database.store import DatabaseStore
 from darwin_modifier.evaluation.quality import evaluate, heldout_windows
-from darwin_modifier.format.shrink import shrink
-from darwin_modifier.search.genome import Genome
-from darwin_modifier.training.posttrain import PostTrainSettings, post_train
-from darwin_modifier.training.trainer import TrainSettings
+from darwin_modifier.pipeline import SearchOutcome, load_database, materialize
+from darwin_modifier.training.config import PostTrainConfig
+from darwin_modifier.training.posttrain import post_train
 
 
 def main() -> None:
@@ -57,24 +54,23 @@ def main() -> None:
     dense_dir = fetch_default_model()
     tokenizer = AutoTokenizer.from_pretrained(dense_dir)
     dense = AutoModelForCausalLM.from_pretrained(dense_dir, dtype=torch.float32).eval()
-    store = DatabaseStore.open(demo / "database")
-    result = json.loads((demo / "search" / "result.json").read_text())
-    uniform_genome = Genome.from_dict(result["uniform"]["genome"])
+    store = load_database(demo / "database", dense.config)
+    uniform_genome = SearchOutcome.load(demo / "search").uniform
 
     def fresh(name: str):
         if name == "darwinlm":
             return AutoModelForCausalLM.from_pretrained(
                 demo / "darwinlm", dtype=torch.float32
             )
-        return shrink(dense, *assemble(store, uniform_genome.attn, uniform_genome.mlp))
+        return materialize(dense, store, uniform_genome)
 
     texts = load_texts("python-docs", "train")
     windows = token_windows(
         texts, tokenizer, args.seq_len, args.tokens // args.seq_len, 7
     )
     heldout = heldout_windows(tokenizer, seq_len=512, num_windows=args.eval_windows)
-    optim = TrainSettings(
-        lr=args.lr, warmup_steps=8, schedule="cosine", max_grad_norm=1.0
+    optim = dict(
+        learning_rate=args.lr, warmup_steps=8, schedule="cosine", max_grad_norm=1.0
     )
     report: dict = {"tokens": args.tokens, "lr": args.lr, "seq_len": args.seq_len}
     for name in ("uniform", "darwinlm"):
@@ -82,7 +78,7 @@ def main() -> None:
         report[name] = {"before": before}
         for loss in ("ce", "kd"):
             model = fresh(name)
-            settings = PostTrainSettings(tokens=args.tokens, loss=loss, optim=optim)
+            settings = PostTrainConfig(tokens=args.tokens, loss=loss, **optim)
             t0 = time.time()
             with tempfile.TemporaryDirectory() as tmp:
                 post_train(model, windows, settings, tmp, teacher=dense)

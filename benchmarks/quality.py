@@ -3,8 +3,9 @@
     python benchmarks/quality.py --json results/quality.json [--scale paper]
 
 One database (built once, cached in --work), then two searches from the same uniform
-parent and budget: DarwinLM (training-aware selection) and the ablation without light
-training (every stage's train_tokens = 0, i.e. EvoPress selection). All four models are
+parent and budget: DarwinLM (training-aware selection, ``TrainedKL``) and the ablation
+without light training (``untrained_kl``: EvoPress-style selection on the same
+windows). All four models are
 measured on the same held-out windows: perplexity and KL(dense ‖ model).
 """
 
@@ -19,14 +20,16 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from darwin_modifier.data import fetch_default_model
-from darwin_modifier.database.assemble import assemble
-from darwin_modifier.database.store import DatabaseStore
 from darwin_modifier.evaluation.quality import count_params, evaluate, heldout_windows
-from darwin_modifier.format.shrink import shrink
-from darwin_modifier.modifier import DarwinLMModifier
 from darwin_modifier.modifier.entry import build_database
-from darwin_modifier.modifier.search_step import search
-from darwin_modifier.search.genome import Budget, initial_genome
+from darwin_modifier.pipeline import (
+    DarwinLMConfig,
+    load_database,
+    materialize,
+    plan_of,
+    search,
+)
+from darwin_modifier.search.fitness import TrainedKL, untrained_kl
 
 CPU_SCHEDULE = dict(
     generations=16,
@@ -68,33 +71,22 @@ def main() -> None:
         **schedule,
     )
 
-    store = _database(model_dir, work, args.gqa_mode)
     dense = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    budget = Budget.from_store(store)
-    target = int(args.target_fraction * budget.dense_params())
-    uniform_genome = initial_genome(budget, target)
+    store = _database(model_dir, work, args.gqa_mode, dense.config)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
 
-    genomes, times = {"uniform": uniform_genome}, {}
-    for name, train in (("darwinlm", True), ("evopress_ablation", False)):
-        stages = (
-            [
-                {**stage, "train_tokens": stage["train_tokens"] if train else 0}
-                for stage in common["selection_stages"]
-            ]
-            if "selection_stages" in common
-            else None
-        )
-        settings = {**common, "search_dir": str(work / f"search_{name}")}
-        if stages is not None:
-            settings["selection_stages"] = stages
+    genomes, times = {}, {}
+    for name, fitness in (("darwinlm", TrainedKL), ("evopress_ablation", untrained_kl)):
+        config = DarwinLMConfig(**common, search_dir=str(work / f"search_{name}"))
         t0 = time.time()
-        genomes[name] = search(DarwinLMModifier(**settings), dense, store)
+        outcome = search(dense, store, config, fitness, tokenizer)
         times[name] = time.time() - t0
+        genomes.setdefault("uniform", outcome.uniform)  # same parent and budget
+        genomes[name] = outcome.best
 
     models = {"dense": dense}
     for name, genome in genomes.items():
-        models[name] = shrink(dense, *assemble(store, genome.attn, genome.mlp))
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        models[name] = materialize(dense, store, genome)
     windows = heldout_windows(tokenizer, seq_len=512, num_windows=args.eval_windows)
     quality = evaluate(models, windows)
 
@@ -102,7 +94,7 @@ def main() -> None:
     for name, model in models.items():
         result[name] = {**quality[name], "params": count_params(model)}
         if name in genomes:
-            result[name]["block_params"] = budget.params(genomes[name])
+            result[name]["block_params"] = plan_of(store, genomes[name]).block_params()
     uniform, darwin = result["uniform"], result["darwinlm"]
     result["ppl_ratio"] = darwin["ppl"] / uniform["ppl"]
     result["kl_ratio"] = darwin["kl"] / uniform["kl"]
@@ -125,12 +117,12 @@ def main() -> None:
     )
 
 
-def _database(model_dir, work: Path, gqa_mode: str) -> DatabaseStore:
+def _database(model_dir, work: Path, gqa_mode: str, config):
     root = work / "database"
-    if (root / "manifest.json").exists():
-        store = DatabaseStore.open(root)
-        if store.is_complete():
-            return store
+    try:
+        return load_database(root, config)  # built by an earlier run
+    except (FileNotFoundError, ValueError):
+        pass
     return build_database(
         model_dir, root, gqa_mode=gqa_mode, search_dir=str(work / "db_only")
     )

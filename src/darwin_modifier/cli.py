@@ -50,10 +50,9 @@ def main(argv: list[str] | None = None) -> None:
     train.add_argument("--teacher", help="dense model for --loss kd")
     train.add_argument("--kd-topk", type=int, default=None)
 
-    fetch = commands.add_parser(
-        "fetch", help="fetch the embedded default model + corpus"
+    commands.add_parser(
+        "fetch", help="fetch the embedded default model + corpus; print the model path"
     )
-    fetch.add_argument("--print", action="store_true", help="print the model directory")
 
     args = parser.parse_args(argv)
     if args.command == "compress":

@@ -18,12 +18,16 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from darwin_modifier.data import fetch_corpus, fetch_default_model
-from darwin_modifier.database.assemble import assemble
-from darwin_modifier.database.store import DatabaseStore
 from darwin_modifier.evaluation.quality import count_params, evaluate, heldout_windows
-from darwin_modifier.format.shrink import shrink
+from darwin_modifier.modifier import DarwinLMModifier
+from darwin_modifier.modifier.chain import split_stages
 from darwin_modifier.modifier.entry import run_oneshot
-from darwin_modifier.search.genome import Genome
+from darwin_modifier.pipeline import (
+    SearchOutcome,
+    load_database,
+    materialize,
+    plan_of,
+)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -43,10 +47,11 @@ def main(argv: list[str] | None = None) -> dict:
     dense_dir = fetch_default_model()
     fetch_corpus()
 
-    # 1-3: database, search, shrink, save, all inside oneshot
+    # 1-3: database, search, shrink, save, all inside oneshot; everything under --out
+    darwin = recipe_modifier(args.recipe, out)
     run_oneshot(
         dense_dir,
-        args.recipe,
+        [darwin],
         output_dir=out / "darwinlm",
         num_samples=args.calibration_samples,
         seq_len=args.seq_len,
@@ -55,16 +60,15 @@ def main(argv: list[str] | None = None) -> dict:
     # quality: dense, uniform (same database and budget), DarwinLM
     tokenizer = AutoTokenizer.from_pretrained(dense_dir)
     dense = AutoModelForCausalLM.from_pretrained(dense_dir, dtype=torch.float32)
-    darwin = AutoModelForCausalLM.from_pretrained(out / "darwinlm", dtype=torch.float32)
-    store = DatabaseStore.open(out / "database")
-    search = json.loads((out / "search" / "result.json").read_text())
-    uniform_genome = Genome.from_dict(search["uniform"]["genome"])
-    uniform = shrink(dense, *assemble(store, uniform_genome.attn, uniform_genome.mlp))
+    pruned = AutoModelForCausalLM.from_pretrained(out / "darwinlm", dtype=torch.float32)
+    store = load_database(darwin.database_dir, dense.config)
+    outcome = SearchOutcome.load(darwin.search_dir)
+    uniform = materialize(dense, store, outcome.uniform)
     windows = heldout_windows(
         tokenizer, seq_len=args.seq_len, num_windows=args.eval_windows
     )
     quality = evaluate(
-        {"dense": dense, "uniform": uniform, "darwinlm": darwin}, windows
+        {"dense": dense, "uniform": uniform, "darwinlm": pruned}, windows
     )
 
     # speed: vLLM in the serve environment, dense and DarwinLM side by side
@@ -78,15 +82,15 @@ def main(argv: list[str] | None = None) -> dict:
         },
         "uniform": {
             "params": count_params(uniform),
-            "block_fraction": search["uniform"]["kept_fraction"],
+            "block_fraction": plan_of(store, outcome.uniform).kept_fraction(),
             **quality["uniform"],
         },
         "darwinlm": {
-            "params": count_params(darwin),
-            "block_fraction": search["darwinlm"]["kept_fraction"],
+            "params": count_params(pruned),
+            "block_fraction": plan_of(store, outcome.best).kept_fraction(),
             **quality["darwinlm"],
         },
-        "generations": search["generations"],
+        "generations": len(outcome.history),
     }
     if speed is not None:
         result["dense"]["decode_tok_s"] = speed["latency_b1"]["dense_tok_s"]
@@ -98,6 +102,28 @@ def main(argv: list[str] | None = None) -> dict:
     (out.parent / "demo.json").write_text(json.dumps(result, indent=1))
     print_table(result)
     return result
+
+
+def recipe_modifier(recipe, out: Path) -> DarwinLMModifier:
+    """The recipe's DarwinLMModifier, with its database and search under ``out``
+    (so a demo run never reads another run's database)."""
+    found = [
+        m
+        for stage in split_stages(recipe)
+        for m in stage.modifiers
+        if isinstance(m, DarwinLMModifier)
+    ]
+    if len(found) != 1:
+        raise ValueError(
+            f"the demo runs a recipe with one DarwinLMModifier; {recipe} has "
+            f"{len(found)}"
+        )
+    return found[0].model_copy(
+        update={
+            "database_dir": str(out / "database"),
+            "search_dir": str(out / "search"),
+        }
+    )
 
 
 def measure_speed(args, dense_dir: Path, out: Path) -> dict:

@@ -17,10 +17,11 @@ from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from darwin_modifier.data import corpus_split
+from darwin_modifier.data.calibration import calibration_dataset
 from darwin_modifier.database.hessian import HessianAccumulator
 from darwin_modifier.database.prune import GQA_MODES, prune_layer
 from darwin_modifier.database.store import DatabaseStore
-from darwin_modifier.modifier.entry import build_database, calibration_dataset
+from darwin_modifier.modifier.entry import build_database
 
 NUM_SAMPLES, SEQ_LEN = 4, 32
 SETTINGS = dict(num_samples=NUM_SAMPLES, seq_len=SEQ_LEN, mlp_multiple=8)

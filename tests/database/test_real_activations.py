@@ -23,9 +23,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from darwin_modifier.data import corpus_split, fetch_default_model, token_windows
+from darwin_modifier.database.config import DatabaseConfig
 from darwin_modifier.database.hessian import HessianAccumulator
 from darwin_modifier.database.obs import group_columns
-from darwin_modifier.database.prune import LadderSpec, heads_per_unit, prune_layer
+from darwin_modifier.database.prune import heads_per_unit, prune_layer
 from darwin_modifier.plan import DenseShape
 
 pytestmark = pytest.mark.slow
@@ -105,7 +106,7 @@ def relative_error(x, W, cols, weight):
 @pytest.mark.parametrize("gqa_mode", ["kv_group", "query"])
 def test_obs_beats_no_update_on_held_out_activations(activations, gqa_mode):
     model, shape, accumulator, cal_x, held_x = activations
-    ladders = LadderSpec().ladders(shape, gqa_mode)
+    ladders = DatabaseConfig(gqa_mode=gqa_mode).ladders(shape)
     results = {}
     for i in LAYERS:
         o_proj = model.model.layers[i].self_attn.o_proj

@@ -13,8 +13,9 @@ import torch
 from safetensors import safe_open
 from transformers import LlamaConfig
 
-from darwin_modifier.database.prune import LadderSpec, prune_layer
-from darwin_modifier.database.store import DatabaseStore, LevelEntry, fingerprint
+from darwin_modifier.database.config import DatabaseConfig
+from darwin_modifier.database.prune import prune_layer
+from darwin_modifier.database.store import DatabaseStore, LevelEntry
 from darwin_modifier.plan import DenseShape
 from tests.conftest import TINY
 
@@ -47,7 +48,7 @@ def identity(**changes) -> dict:
 
 def ladders(gqa_mode: str = "query") -> dict[str, list[int]]:
     # query mode on 8 heads with 11 levels repeats counts (8, 7, 6, 6, 5, 4, ...)
-    return LadderSpec(mlp_multiple=8).ladders(SHAPE, gqa_mode)
+    return DatabaseConfig(mlp_multiple=8, gqa_mode=gqa_mode).ladders(SHAPE)
 
 
 def random_layer(index: int, gqa_mode: str = "query"):
@@ -172,7 +173,7 @@ def test_different_identity_is_refused(tmp_path, change, named):
 
 def test_different_ladders_are_refused(tmp_path):
     new_store(tmp_path / "db")
-    other = LadderSpec(mlp_multiple=32).ladders(SHAPE, "query")
+    other = DatabaseConfig(mlp_multiple=32, gqa_mode="query").ladders(SHAPE)
     assert other != ladders()
     with pytest.raises(ValueError, match="ladders"):
         DatabaseStore.open_or_create(tmp_path / "db", identity(), other)
@@ -292,10 +293,3 @@ def test_entry_survives_rewrite_of_an_open_layer(tmp_path):
     levels, stats = random_layer(0)
     store.write_layer(0, levels, stats)
     assert torch.equal(store.entry(0, "mlp", 4).weight, levels["mlp"][4][2])
-
-
-def test_fingerprint_tells_data_apart():
-    a = torch.arange(64).view(2, 32)
-    assert fingerprint(a) == fingerprint(a.clone())
-    assert fingerprint(a) != fingerprint(a.flip(0))
-    assert fingerprint(a) != fingerprint(a.view(4, 16))

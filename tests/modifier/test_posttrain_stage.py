@@ -10,11 +10,8 @@ from transformers import AutoModelForCausalLM
 
 from darwin_modifier.cli import main
 from darwin_modifier.modifier import DarwinLMTrainingModifier
-from darwin_modifier.modifier.chain import (
-    check_stages,
-    run_oneshot_stages,
-    split_stages,
-)
+from darwin_modifier.modifier.chain import run_oneshot_stages, split_stages
+from darwin_modifier.modifier.rules import check_stages
 
 DARWIN = """
     DarwinLMModifier:

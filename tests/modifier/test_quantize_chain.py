@@ -24,11 +24,10 @@ from transformers import AutoModelForCausalLM, LlamaConfig
 
 import darwin_modifier  # noqa: F401  (registers DarwinLMModifier for YAML)
 from darwin_modifier.data import corpus_split
-from darwin_modifier.modifier.chain import (
+from darwin_modifier.modifier.chain import oneshot_stages, split_stages
+from darwin_modifier.modifier.rules import (
     check_stages,
-    oneshot_stages,
     refuse_quantization_in_same_pass,
-    split_stages,
 )
 from tests.conftest import save_tiny_checkpoint
 

@@ -9,7 +9,8 @@ from transformers import AutoConfig
 
 from darwin_modifier.data import fetch_default_model
 from darwin_modifier.modifier import DarwinLMModifier
-from darwin_modifier.modifier.chain import check_stages, split_stages
+from darwin_modifier.modifier.chain import split_stages
+from darwin_modifier.modifier.rules import check_stages
 
 RECIPES = sorted((Path(__file__).parents[2] / "recipes").glob("*.yaml"))
 

@@ -8,27 +8,32 @@ import pytest
 import torch
 
 from darwin_modifier.database.assemble import assemble
-from darwin_modifier.database.prune import LadderSpec, prune_layer
+from darwin_modifier.database.config import DatabaseConfig
+from darwin_modifier.database.prune import prune_layer
 from darwin_modifier.database.store import DatabaseStore
 from darwin_modifier.format.shrink import shrink
 from darwin_modifier.plan import DenseShape
+from darwin_modifier.search.budget import Budget, initial_genome
 from darwin_modifier.search.candidates import Workbench
-from darwin_modifier.search.evolution import Pools, SearchSettings, run_search
-from darwin_modifier.search.genome import Budget, Genome, initial_genome
-from darwin_modifier.search.selection import Stage, successive_halving
-from darwin_modifier.training.trainer import TrainSettings
+from darwin_modifier.search.config import SearchConfig, Stage
+from darwin_modifier.search.evolution import run_search
+from darwin_modifier.search.fitness import Pools
+from darwin_modifier.search.genome import Genome
+from darwin_modifier.search.selection import successive_halving
 from tests.conftest import tiny_model
 
 STAGES = (Stage(2, 16, 32), Stage(1, 32, 64))
 
 
-def random_store(model, root, gqa_mode="query") -> DatabaseStore:
+def random_store(model, root, gqa_mode="query", seed=0) -> DatabaseStore:
     """A complete database from random input statistics (no calibration run needed)."""
     shape = DenseShape.from_config(model.config)
-    ladders = LadderSpec(num_levels=5, mlp_multiple=8).ladders(shape, gqa_mode)
-    identity = {"shape": shape.__dict__, "gqa_mode": gqa_mode}
+    ladders = DatabaseConfig(num_levels=5, mlp_multiple=8, gqa_mode=gqa_mode).ladders(
+        shape
+    )
+    identity = {"shape": shape.__dict__, "gqa_mode": gqa_mode, "calibration": seed}
     store = DatabaseStore.open_or_create(root, identity, ladders)
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator().manual_seed(seed)
     for i, layer in enumerate(model.model.layers):
         o_x = torch.randn(256, 128, generator=gen)
         d_x = torch.randn(256, 96, generator=gen)
@@ -58,19 +63,19 @@ def setup(tmp_path):
     return model, store, budget, parent, pools
 
 
-def search(setup, state_dir, generations: int, seed: int = 0):
-    model, store, budget, parent, pools = setup
-    settings = SearchSettings(
+def search(setup, state_dir, generations: int, seed: int = 0, store=None, slack=0):
+    model, default_store, budget, parent, pools = setup
+    store = store or default_store
+    settings = SearchConfig(
         generations=generations,
         offspring=4,
-        stages=STAGES,
+        selection_stages=STAGES,
         seed=seed,
-        training=TrainSettings(lr=1e-3, bf16_autocast=False),
+        learning_rate=1e-3,
     )
     bench = Workbench(model, store, parent)
-    return run_search(
-        bench, budget, parent, budget.params(parent), pools, settings, state_dir
-    )
+    max_params = budget.params(parent) + slack
+    return run_search(bench, budget, parent, max_params, pools, settings, state_dir)
 
 
 def test_successive_halving_keeps_the_right_number():
@@ -139,3 +144,18 @@ def test_resume_with_other_settings_is_refused(setup, tmp_path):
     search(setup, tmp_path / "s", generations=1)
     with pytest.raises(ValueError, match="different settings"):
         search(setup, tmp_path / "s", generations=2, seed=7)
+
+
+def test_resume_on_another_database_or_target_is_refused(setup, tmp_path):
+    """A search directory is bound to its database and its size target: resuming it
+    after the database was rebuilt from other data, or with another target, would
+    silently continue the old parent."""
+    model = setup[0]
+    search(setup, tmp_path / "s", generations=1)
+    rebuilt = random_store(model, tmp_path / "db2", seed=1)  # other calibration data
+    with pytest.raises(ValueError, match="database: stored '[0-9a-f]+', now"):
+        search(setup, tmp_path / "s", generations=2, store=rebuilt)
+    with pytest.raises(ValueError, match="max_params: stored [0-9]+, now [0-9]+"):
+        search(setup, tmp_path / "s", generations=2, slack=1000)
+    resumed = search(setup, tmp_path / "s", generations=2)  # the same inputs resume
+    assert len(resumed.history) == 2

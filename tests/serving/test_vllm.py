@@ -92,7 +92,7 @@ for out in outputs:
             "logprobs": [lp[t].logprob for t, lp in zip(c.token_ids, c.logprobs)],
         }
     )
-from darwin_modifier.evaluation.serving_speed import measure_perplexity
+from darwin_modifier.evaluation.vllm_metrics import measure_perplexity
 
 ppl = measure_perplexity(llm, prompts)
 with open(out_file, "w") as f:

@@ -8,12 +8,17 @@ import torch
 from darwin_modifier.evaluation.quality import evaluate
 from darwin_modifier.format.shrink import shrink
 from darwin_modifier.plan import DenseShape, LayerPlan, Plan
-from darwin_modifier.training.posttrain import PostTrainSettings, post_train
-from darwin_modifier.training.trainer import Trainer, TrainSettings
+from darwin_modifier.training.config import OptimConfig, PostTrainConfig
+from darwin_modifier.training.posttrain import post_train
+from darwin_modifier.training.trainer import Trainer
 from tests.conftest import tiny_model
 
-OPTIM = TrainSettings(
-    lr=3e-3, warmup_steps=2, schedule="cosine", max_grad_norm=1.0, bf16_autocast=False
+OPTIM = dict(
+    learning_rate=3e-3,
+    warmup_steps=2,
+    schedule="cosine",
+    max_grad_norm=1.0,
+    bf16_autocast=False,
 )
 
 
@@ -40,7 +45,7 @@ def test_training_lowers_heldout_loss(tmp_path):
     _, model = small_model()
     train_windows, heldout = data(0, 24), data(0, 4)[:, 1:]
     before = evaluate({"m": model}, heldout, reference=None)["m"]["ppl"]
-    settings = PostTrainSettings(tokens=24 * 32, batch_size=2, optim=OPTIM)
+    settings = PostTrainConfig(tokens=24 * 32, batch_size=2, **OPTIM)
     history = post_train(model, train_windows, settings, tmp_path, eval_windows=heldout)
     assert history["eval"][-1]["ppl"] < 0.7 * before
     assert history["eval"][0]["ppl"] == pytest.approx(before)
@@ -53,8 +58,8 @@ def test_distillation_lowers_kl_to_teacher(tmp_path):
     )
     heldout = windows[-4:]
     before = evaluate({"t": teacher, "m": model}, heldout, reference="t")["m"]["kl"]
-    optim = TrainSettings(lr=1e-2, max_grad_norm=1.0, bf16_autocast=False)
-    settings = PostTrainSettings(tokens=40 * 32, loss="kd", optim=optim)
+    optim = OptimConfig(learning_rate=1e-2, max_grad_norm=1.0, bf16_autocast=False)
+    settings = PostTrainConfig(tokens=40 * 32, loss="kd", **optim.model_dump())
     post_train(model, windows[:40], settings, tmp_path, teacher=teacher)
     after = evaluate({"t": teacher, "m": model}, heldout, reference="t")["m"]["kl"]
     assert after < 0.8 * before
@@ -62,8 +67,8 @@ def test_distillation_lowers_kl_to_teacher(tmp_path):
 
 def uninterrupted_run(windows, checkpoint_every: int, out):
     """8 steps of 2 windows without a break: what every resumed run must equal."""
-    settings = PostTrainSettings(
-        tokens=16 * 32, batch_size=2, checkpoint_every=checkpoint_every, optim=OPTIM
+    settings = PostTrainConfig(
+        tokens=16 * 32, batch_size=2, checkpoint_every=checkpoint_every, **OPTIM
     )
     _, model = small_model()
     post_train(model, windows, settings, out)
@@ -102,7 +107,7 @@ def test_resume_continues_the_same_run(tmp_path, monkeypatch):
 def test_kd_without_teacher_is_refused(tmp_path):
     _, model = small_model()
     with pytest.raises(ValueError, match="needs the dense teacher"):
-        post_train(model, data(0, 4), PostTrainSettings(loss="kd"), tmp_path)
+        post_train(model, data(0, 4), PostTrainConfig(loss="kd"), tmp_path)
 
 
 def test_a_hook_stops_the_run_and_the_rest_resumes(tmp_path):

@@ -34,21 +34,3 @@ def assemble(
         if mlp.weight is not None:
             overrides[(i, "down_proj")] = mlp.weight
     return Plan(store.shape, layers), overrides
-
-
-def uniform_levels(store: DatabaseStore, level: int) -> tuple[list[int], list[int]]:
-    """Every module at ``level``: the uniform baseline from the same database."""
-    num_levels = len(store.ladders["attn"])
-    if not 0 <= level < num_levels:
-        raise ValueError(f"level {level} outside the ladder [0, {num_levels - 1}]")
-    return [level] * store.shape.num_layers, [level] * store.shape.num_layers
-
-
-def levels_params(
-    store: DatabaseStore, attn_levels: Sequence[int], mlp_levels: Sequence[int]
-) -> int:
-    """Decoder-block parameters of the model these levels make."""
-    return sum(
-        store.params(i, "attn", a) + store.params(i, "mlp", m)
-        for i, (a, m) in enumerate(zip(attn_levels, mlp_levels))
-    )

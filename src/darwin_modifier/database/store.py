@@ -17,9 +17,7 @@ rewritten after it, so a killed build resumes from the finished layers.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +25,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from darwin_modifier.artifacts import digest, replacing, require_same, write_json
 from darwin_modifier.plan import DenseShape
 
 FORMAT_VERSION = 1
@@ -39,14 +38,6 @@ class LevelEntry:
 
     kept: list[int]
     weight: torch.Tensor | None  # None: dense level (use the model's weight) or empty
-
-
-def fingerprint(tokens: torch.Tensor) -> str:
-    """Identifies the calibration data, so a database is never mixed across data."""
-    data = tokens.to(torch.int64).contiguous().numpy().tobytes()
-    return (
-        hashlib.sha256(data).hexdigest()[:16] + f"-{tokens.shape[0]}x{tokens.shape[1]}"
-    )
 
 
 class DatabaseStore:
@@ -78,27 +69,17 @@ class DatabaseStore:
         path = root / "manifest.json"
         if path.exists():
             store = cls.open(root)
-            stored = {k: store.manifest.get(k) for k in identity}
-            changed = {
-                k: (stored[k], v)
-                for k, v in identity.items()
-                if stored[k] != _jsonable(v)
-            }
-            if store.ladders != ladders:
-                changed["ladders"] = (store.ladders, ladders)
-            if changed:
-                details = "; ".join(
-                    f"{k}: stored {a!r}, now {b!r}" for k, (a, b) in changed.items()
-                )
-                raise ValueError(
-                    f"database at {root} was built from different inputs ({details}); "
-                    "use another database directory or delete this one"
-                )
+            require_same(
+                {k: store.manifest.get(k) for k in [*identity, "ladders"]},
+                {**identity, "ladders": ladders},
+                what=f"database at {root} was built from different inputs",
+                fix="use another database directory or delete this one",
+            )
             return store
         root.mkdir(parents=True, exist_ok=True)
         manifest = {
             "format_version": FORMAT_VERSION,
-            **_jsonable(identity),
+            **json.loads(json.dumps(identity)),
             "ladders": ladders,
             "layers": {},
         }
@@ -165,19 +146,19 @@ class DatabaseStore:
                 tensors[f"{key}.weight"] = (
                     weight.detach().to("cpu", self.dtype).contiguous()
                 )
-        final = self._layer_path(index)
-        partial = final.with_suffix(".partial")
-        save_file(tensors, partial)
-        os.replace(partial, final)
+        with replacing(self._layer_path(index)) as partial:
+            save_file(tensors, partial)
         self._handles.pop(index, None)
         self.manifest["layers"][str(index)] = stats
         self._write_manifest()
 
     def _write_manifest(self) -> None:
-        path = self.root / "manifest.json"
-        partial = path.with_suffix(".partial")
-        partial.write_text(json.dumps(self.manifest, indent=1))
-        os.replace(partial, path)
+        write_json(self.root / "manifest.json", self.manifest)
+
+    def digest(self) -> str:
+        """Identifies this database's content: its inputs, ladders and every layer's
+        measured stats (what a search built on it must not outlive)."""
+        return digest(self.manifest)
 
     # ---- reading ------------------------------------------------------------------
 
@@ -219,7 +200,3 @@ class DatabaseStore:
 
     def nbytes(self) -> int:
         return sum(p.stat().st_size for p in self.root.glob("layer_*.safetensors"))
-
-
-def _jsonable(value):
-    return json.loads(json.dumps(value))

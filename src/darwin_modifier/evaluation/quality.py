@@ -13,6 +13,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from darwin_modifier.data.windows import load_texts, token_windows
+from darwin_modifier.evaluation.kl import dense_targets, kl_per_token
 
 
 def heldout_windows(
@@ -37,18 +38,19 @@ def evaluate(
     totals = {name: {"nll": 0.0, "kl": 0.0} for name in models}
     tokens = 0
     for batch in tqdm(windows.split(batch_size), desc="evaluating", leave=False):
-        logprobs = {}
+        logits = {}
         for name, model in models.items():
             model.eval()
             device = next(model.parameters()).device
-            logits = model(batch.to(device), use_cache=False).logits[:, :-1].float()
-            logprobs[name] = torch.log_softmax(logits, dim=-1).cpu()
-            target = batch[:, 1:].unsqueeze(-1)
-            totals[name]["nll"] -= logprobs[name].gather(-1, target).sum().item()
+            out = model(batch.to(device), use_cache=False).logits[:, :-1].float().cpu()
+            logits[name] = out.reshape(-1, out.shape[-1])
+            logprobs = torch.log_softmax(logits[name], dim=-1)
+            target = batch[:, 1:].reshape(-1, 1)
+            totals[name]["nll"] -= logprobs.gather(-1, target).sum().item()
         if reference is not None:
-            ref = logprobs[reference]
-            for name, lp in logprobs.items():
-                kl = (ref.exp() * (ref - lp)).sum(-1)
+            targets = dense_targets(logits[reference], dtype=torch.float32)
+            for name, model_logits in logits.items():
+                kl = kl_per_token(targets, model_logits)
                 totals[name]["kl"] += kl.sum().item()
         tokens += batch[:, 1:].numel()
     results = {}

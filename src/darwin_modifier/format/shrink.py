@@ -19,7 +19,6 @@ from darwin_modifier.plan import DenseShape, LayerPlan, Plan, attention_layout
 
 __all__ = [
     "block_state",
-    "dense_plan_of",
     "shrink",
     "shrink_state_dict",
     "shrunk_config",
@@ -34,11 +33,6 @@ _DROPPED_CONFIG_KEYS = (
     "model_type",
     "transformers_version",
 )
-
-
-def dense_plan_of(config) -> Plan:
-    """The identity plan for a dense config."""
-    return Plan.dense(DenseShape.from_config(config))
 
 
 def shrunk_config(dense_config, plan: Plan):

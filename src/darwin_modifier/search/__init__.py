@@ -1,1 +1,4 @@
-"""Evolutionary search over per-module database levels (../shared/method.md §3)."""
+"""Evolutionary search over per-module database levels.
+
+The method is DarwinLM's (Tang et al. 2025, arXiv 2502.07780, §3).
+"""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from darwin_modifier.database.assemble import assemble
 from darwin_modifier.database.store import DatabaseStore
 from darwin_modifier.format.shrink import block_state, shrink
 from darwin_modifier.plan import LayerPlan, attention_layout
@@ -29,7 +30,7 @@ class Workbench:
         self.dense_state = dense.state_dict()
         self.store = store
         self.genome = genome
-        plan, overrides = self._assemble(genome)
+        plan, overrides = assemble(store, genome.attn, genome.mlp)
         self.model = shrink(dense, plan, overrides)
         self.model.config.use_cache = False
         self.dtype = next(self.model.parameters()).dtype
@@ -37,24 +38,11 @@ class Workbench:
             k: v.detach().clone() for k, v in self.model.state_dict().items()
         }
 
-    def _assemble(self, genome: Genome):
-        from darwin_modifier.database.assemble import assemble
-
-        return assemble(self.store, genome.attn, genome.mlp)
-
     @torch.no_grad()
     def load(self, genome: Genome) -> nn.Module:
         """The model of ``genome`` with untrained (database) weights."""
-        changed = [
-            (i, kind)
-            for kind in ("attn", "mlp")
-            for i, (old, new) in enumerate(
-                zip(getattr(self.genome, kind), getattr(genome, kind))
-            )
-            if old != new
-        ]
-        for i, kind in changed:
-            self._swap(i, kind, getattr(genome, kind)[i])
+        for kind, i in self.genome.changed(genome):
+            self._swap(i, kind, genome.levels(kind)[i])
         self.genome = genome
         self.restore()
         return self.model

@@ -1,6 +1,14 @@
 """One trainer for the search's light training and for post-compression training."""
 
+from darwin_modifier.training.config import OptimConfig, PostTrainConfig
 from darwin_modifier.training.losses import causal_lm_loss, distillation_loss
-from darwin_modifier.training.trainer import Trainer, TrainSettings, train
+from darwin_modifier.training.trainer import Trainer, train
 
-__all__ = ["TrainSettings", "Trainer", "causal_lm_loss", "distillation_loss", "train"]
+__all__ = [
+    "OptimConfig",
+    "PostTrainConfig",
+    "Trainer",
+    "causal_lm_loss",
+    "distillation_loss",
+    "train",
+]

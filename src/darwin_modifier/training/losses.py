@@ -7,6 +7,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from darwin_modifier.evaluation.kl import dense_targets, kl_divergence
+
 LossFn = Callable[[nn.Module, torch.Tensor], torch.Tensor]
 
 
@@ -23,8 +25,9 @@ def distillation_loss(
 ) -> LossFn:
     """KL(teacher ‖ student) on the logits, optionally mixed with cross-entropy.
 
-    ``topk`` restricts the teacher's distribution to its k most likely tokens
-    (renormalised), which is what fits in memory for 128K+ vocabularies.
+    The KL is the search's (:mod:`darwin_modifier.evaluation.kl`): with ``topk`` it
+    compares the teacher's k most likely tokens and "the rest" as one bucket, which
+    is what fits in memory for 128K+ vocabularies.
     """
     if not 0.0 <= ce_weight <= 1.0:
         raise ValueError(f"ce_weight must be in [0, 1], got {ce_weight}")
@@ -33,17 +36,14 @@ def distillation_loss(
     def loss_fn(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             t_logits = teacher(ids.to(_device(teacher)), use_cache=False).logits
-            t_logp = torch.log_softmax(t_logits.float().to(ids.device), dim=-1)
-        s_logits = model(ids, use_cache=False).logits.float()
-        s_logp = torch.log_softmax(s_logits, dim=-1)
-        if topk is None:
-            kl = (t_logp.exp() * (t_logp - s_logp)).sum(-1).mean()
-        else:
-            top, idx = t_logp.topk(topk, dim=-1)
-            top = top - top.logsumexp(-1, keepdim=True)
-            kl = (top.exp() * (top - s_logp.gather(-1, idx))).sum(-1).mean()
+            targets = dense_targets(
+                t_logits.to(ids.device), topk, dtype=torch.float32, device=None
+            )
+        s_logits = model(ids, use_cache=False).logits
+        kl = kl_divergence(targets, s_logits)
         if ce_weight == 0.0:
             return kl
+        s_logits = s_logits.float()
         ce = nn.functional.cross_entropy(
             s_logits[:, :-1].reshape(-1, s_logits.shape[-1]), ids[:, 1:].reshape(-1)
         )

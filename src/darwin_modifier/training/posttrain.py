@@ -8,9 +8,6 @@ the same run. The trained model is saved in the same checkpoint format as the in
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -18,37 +15,19 @@ from loguru import logger
 from torch import nn
 from tqdm.auto import tqdm
 
+from darwin_modifier.artifacts import replacing, require_same, tokens_digest, write_json
 from darwin_modifier.evaluation.quality import evaluate
+from darwin_modifier.training.config import PostTrainConfig
 from darwin_modifier.training.losses import causal_lm_loss, distillation_loss
-from darwin_modifier.training.trainer import StepHook, Trainer, TrainSettings
+from darwin_modifier.training.trainer import StepHook, Trainer
 
 CHECKPOINT = "trainer_checkpoint.pt"
-
-
-@dataclass(frozen=True)
-class PostTrainSettings:
-    tokens: int = 1_000_000
-    batch_size: int = 1
-    loss: str = "ce"  # "ce" (the paper's), "kd" (from the dense teacher)
-    ce_weight: float = 0.0  # with "kd": weight of cross-entropy in the mix
-    kd_topk: int | None = None
-    eval_every: int = 0  # steps; 0 = only before and after
-    checkpoint_every: int = 50
-    optim: TrainSettings = field(
-        default_factory=lambda: TrainSettings(
-            lr=1e-5, warmup_steps=10, schedule="cosine", max_grad_norm=1.0
-        )
-    )
-
-    def __post_init__(self) -> None:
-        if self.loss not in ("ce", "kd"):
-            raise ValueError(f"loss must be 'ce' or 'kd', got {self.loss!r}")
 
 
 def post_train(
     model: nn.Module,
     train_windows: torch.Tensor,
-    settings: PostTrainSettings,
+    settings: PostTrainConfig,
     out_dir: str | Path,
     teacher: nn.Module | None = None,
     eval_windows: torch.Tensor | None = None,
@@ -80,17 +59,17 @@ def post_train(
             f"step (or only {len(train_windows)} windows available)"
         )
     identity = _run_identity(model, train_windows, settings)
-    trainer = Trainer(model, settings.optim, steps, loss_fn)
-    history = {"settings": asdict(settings), "loss": [], "eval": []}
+    trainer = Trainer(model, settings, steps, loss_fn)
+    history = {"settings": settings.training_settings(), "loss": [], "eval": []}
     checkpoint = out_dir / CHECKPOINT
     if checkpoint.exists():
         state = torch.load(checkpoint, weights_only=False)
-        if state.get("identity") != identity:
-            raise ValueError(
-                f"{checkpoint} belongs to another run (other starting weights, "
-                "training text or settings); delete it, or give this run another "
-                "output directory (train_dir)"
-            )
+        require_same(
+            state.get("identity", {}),
+            identity,
+            what=f"{checkpoint} belongs to another run",
+            fix="delete it, or give this run another output directory (train_dir)",
+        )
         trainer.load_state_dict(state["trainer"])
         history = state["history"]
         logger.info(f"post-training: resuming at step {trainer.step} of {steps}")
@@ -125,7 +104,7 @@ def post_train(
         history["eval"].append(
             {"step": trainer.step, **_evaluate(model, teacher, eval_windows)}
         )
-    (out_dir / "posttrain_history.json").write_text(json.dumps(history, indent=1))
+    write_json(out_dir / "posttrain_history.json", history)
     return history
 
 
@@ -138,13 +117,14 @@ def _evaluate(model, teacher, windows) -> dict:
 
 
 def _save_checkpoint(path: Path, trainer: Trainer, history: dict, identity) -> None:
-    partial = path.with_suffix(".partial")
     state = {"trainer": trainer.state_dict(), "history": history, "identity": identity}
-    torch.save(state, partial)
-    os.replace(partial, path)
+    with replacing(path) as partial:
+        torch.save(state, partial)
 
 
-def _run_identity(model: nn.Module, windows: torch.Tensor, settings) -> dict:
+def _run_identity(
+    model: nn.Module, windows: torch.Tensor, settings: PostTrainConfig
+) -> dict:
     """What a resumed run must share with the one it continues: the starting weights
     (a strided sample of every tensor, enough to tell two models apart), the text and
     the settings that shape the schedule (not how often it evaluates or saves)."""
@@ -154,8 +134,8 @@ def _run_identity(model: nn.Module, windows: torch.Tensor, settings) -> dict:
         sample = flat[:: max(1, flat.numel() // 4096)].float().cpu()
         digest.update(f"{name}{tuple(tensor.shape)}".encode())
         digest.update(sample.numpy().tobytes())
-    text = hashlib.sha256(windows.to(torch.int64).numpy().tobytes()).hexdigest()
-    schedule = asdict(settings)
-    for key in ("eval_every", "checkpoint_every"):
-        schedule.pop(key)
-    return {"weights": digest.hexdigest(), "windows": text, "settings": schedule}
+    return {
+        "weights": digest.hexdigest(),
+        "windows": tokens_digest(windows),
+        "settings": settings.schedule_identity(),
+    }

@@ -11,35 +11,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from darwin_modifier.training.config import OptimConfig
 from darwin_modifier.training.losses import LossFn, causal_lm_loss
 
 
-@dataclass(frozen=True)
-class TrainSettings:
-    """Defaults are the paper's light training: AdamW 1e-5, no schedule, batch 1."""
-
-    lr: float = 1e-5
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
-    schedule: str = "constant"  # or "cosine"
-    max_grad_norm: float | None = None
-    bf16_autocast: bool = True  # fp32 master weights, bf16 matmuls
-
-    def __post_init__(self) -> None:
-        if self.schedule not in ("constant", "cosine"):
-            raise ValueError(
-                f"schedule must be 'constant' or 'cosine', got {self.schedule!r}"
-            )
-        if self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
-
-
-def _lr_factor(step: int, total: int, settings: TrainSettings) -> float:
+def _lr_factor(step: int, total: int, settings: OptimConfig) -> float:
     if step < settings.warmup_steps:
         return (step + 1) / settings.warmup_steps
     if settings.schedule == "cosine" and total > settings.warmup_steps:
@@ -58,14 +38,15 @@ class Trainer:
     def __init__(
         self,
         model: nn.Module,
-        settings: TrainSettings = TrainSettings(),
+        settings: OptimConfig | None = None,
         total_steps: int = 0,
         loss_fn: LossFn = causal_lm_loss,
     ):
+        settings = settings or OptimConfig()
         self.model, self.settings, self.loss_fn = model, settings, loss_fn
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
-            self.params, lr=settings.lr, weight_decay=settings.weight_decay
+            self.params, lr=settings.learning_rate, weight_decay=settings.weight_decay
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: _lr_factor(step, total_steps, settings)
@@ -120,7 +101,7 @@ class Trainer:
 def train(
     model: nn.Module,
     batches: Iterable[torch.Tensor],
-    settings: TrainSettings = TrainSettings(),
+    settings: OptimConfig | None = None,
     loss_fn: LossFn = causal_lm_loss,
     on_step: StepHook | None = None,
 ) -> list[float]:

@@ -1,0 +1,61 @@
+"""What a resumed job must share with the job it continues.
+
+A directory that holds a job's partial results (database, search state, training
+checkpoint) stores the identity of the inputs it was made from; resuming with other
+inputs is refused with the difference named, instead of silently mixing two runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+
+import torch
+
+
+def _jsonable(value):
+    return json.loads(json.dumps(value))
+
+
+def digest(value) -> str:
+    """A short, stable hash of a JSON-able value (key order does not matter)."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def tokens_digest(rows: Iterable[torch.Tensor], ordered: bool = True) -> str:
+    """Hash of token-id rows, with their count; ``ordered=False`` ignores the order
+    (oneshot may shuffle calibration samples)."""
+    digests = [
+        hashlib.sha256(
+            torch.as_tensor(row).to(torch.int64).numpy().tobytes()
+        ).hexdigest()
+        for row in rows
+    ]
+    if not ordered:
+        digests.sort()
+    return hashlib.sha256("".join(digests).encode()).hexdigest()[:16] + (
+        f"-{len(digests)}"
+    )
+
+
+def require_same(stored: Mapping, current: Mapping, *, what: str, fix: str) -> None:
+    """Refuse when ``stored`` (read back from disk) differs from ``current``.
+
+    The message names every differing key: ``"{what} (key: stored a, now b); {fix}"``.
+    """
+    current = _jsonable(dict(current))
+    keys = dict.fromkeys([*stored, *current])
+    changed = [k for k in keys if stored.get(k) != current.get(k)]
+    if changed:
+        details = "; ".join(
+            f"{k}: stored {_short(stored.get(k))}, now {_short(current.get(k))}"
+            for k in changed
+        )
+        raise ValueError(f"{what} ({details}); {fix}")
+
+
+def _short(value, limit: int = 160) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,49 @@
+"""Database step: a store bound to what it is built from, and its builder.
+
+The builder's hook and layer-by-layer finishing are driven by LLM Compressor's
+sequential pipeline (see :class:`~darwin_modifier.modifier.base.DarwinLMModifier`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from darwin_modifier.database.build import DatabaseBuilder
+from darwin_modifier.database.store import DatabaseStore
+from darwin_modifier.families import family_of
+from darwin_modifier.pipeline.config import DarwinLMConfig
+from darwin_modifier.plan import DenseShape
+
+
+def open_database(
+    model: nn.Module, config: DarwinLMConfig, calibration: str
+) -> tuple[DatabaseStore, DatabaseBuilder]:
+    """Resume or start the database of ``model`` at ``config.database_dir``.
+
+    ``calibration`` identifies the calibration tokens. Unsupported architectures and
+    infeasible targets fail here, before any calibration.
+    """
+    family_of(model.config)
+    shape = DenseShape.from_config(model.config)
+    ladders = config.checked_ladders(shape)
+    identity = {
+        "source_model": getattr(model.config, "_name_or_path", ""),
+        "shape": shape.__dict__,
+        "calibration": calibration,
+        "gqa_mode": config.gqa_mode,
+        "damp": config.damp,
+        "dtype": str(next(model.parameters()).dtype),
+        "storage_dtype": config.database_dtype,
+    }
+    store = DatabaseStore.open_or_create(config.database_dir, identity, ladders)
+    return store, DatabaseBuilder(model, store, config.gqa_mode, config.damp)
+
+
+def load_database(database_dir: str | Path, config=None) -> DatabaseStore:
+    """A complete database (with a model ``config``: refused if built for another
+    model)."""
+    store = DatabaseStore.open(database_dir, config)
+    store.require_complete()
+    return store

@@ -1,0 +1,124 @@
+"""Search step: token pools, the uniform parent, the evolution, and its report; then
+a genome made into a shrunk model."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from loguru import logger
+from torch import nn
+from transformers import AutoTokenizer
+
+from darwin_modifier.data.windows import load_texts, token_windows
+from darwin_modifier.database.assemble import assemble
+from darwin_modifier.database.store import DatabaseStore
+from darwin_modifier.format.shrink import shrink
+from darwin_modifier.pipeline.config import DarwinLMConfig
+from darwin_modifier.pipeline.report import RESULT_FILE, write_report
+from darwin_modifier.plan import Plan
+from darwin_modifier.search.budget import Budget, initial_genome
+from darwin_modifier.search.candidates import Workbench
+from darwin_modifier.search.evolution import run_search
+from darwin_modifier.search.fitness import Fitness, Pools, TrainedKL
+from darwin_modifier.search.genome import Genome
+
+# (workbench, pools, config) -> fitness; e.g. TrainedKL or search.fitness.untrained_kl
+FitnessFactory = Callable[[Workbench, Pools, DarwinLMConfig], Fitness]
+
+
+@dataclass(frozen=True)
+class SearchOutcome:
+    """The uniform parent (the baseline at the same budget) and the search's best."""
+
+    uniform: Genome
+    best: Genome
+    history: list[dict]
+
+    @classmethod
+    def load(cls, search_dir: str | Path) -> SearchOutcome:
+        """What :func:`search` wrote to ``search_dir``."""
+        path = Path(search_dir) / RESULT_FILE
+        if not path.exists():
+            raise FileNotFoundError(
+                f"no search result at {path}; run the DarwinLM stage with "
+                f"search_dir: {search_dir}"
+            )
+        result = json.loads(path.read_text())
+        return cls(
+            Genome.from_dict(result["uniform"]["genome"]),
+            Genome.from_dict(result["darwinlm"]["genome"]),
+            result["history"],
+        )
+
+
+def build_pools(config: DarwinLMConfig, model: nn.Module, tokenizer) -> Pools:
+    """Disjoint fitness and training windows from the search dataset's train split."""
+    seq = config.search_seq_len
+    n_fit = -(-config.fitness_pool_tokens // seq)
+    n_train = -(-config.train_pool_tokens // seq)
+    texts = load_texts(config.search_dataset, "train", config.search_text_column)
+    windows = token_windows(texts, tokenizer, seq, n_fit + n_train, seed=config.seed)
+    order = torch.randperm(
+        len(windows), generator=torch.Generator().manual_seed(config.seed)
+    )
+    fitness, train = windows[order[:n_fit]], windows[order[n_fit:]]
+    topk = config.fitness_topk if config.fitness == "topk_kl" else None
+    logger.info(
+        f"search pools: {n_fit} fitness and {n_train} training windows of {seq}"
+    )
+    return Pools.build(model, train, fitness, topk, config.eval_batch_size)
+
+
+def search(
+    model: nn.Module,
+    store: DatabaseStore,
+    config: DarwinLMConfig,
+    fitness: FitnessFactory = TrainedKL,
+    tokenizer=None,
+) -> SearchOutcome:
+    """The best genome for the config's target (the uniform parent if no
+    generations); writes the report to ``config.search_dir``."""
+    budget = Budget.from_store(store)
+    target_params, target_level = config.resolve(budget.dense_params())
+    parent = initial_genome(budget, target_params, level=target_level)
+    max_params = target_params if target_params is not None else budget.params(parent)
+    logger.info(
+        f"search: uniform parent {budget.params(parent):,} params, "
+        f"budget {max_params:,}"
+    )
+    best, history = parent, []
+    if config.generations > 0:
+        if tokenizer is None:
+            tokenizer = AutoTokenizer.from_pretrained(model.config._name_or_path)
+        pools = build_pools(config, model, tokenizer)
+        bench = Workbench(model, store, parent)
+        result = run_search(
+            bench,
+            budget,
+            parent,
+            max_params,
+            pools,
+            config,
+            config.search_dir,
+            fitness(bench, pools, config),
+        )
+        best, history = result.best, result.history
+        del bench
+    outcome = SearchOutcome(parent, best, history)
+    write_report(Path(config.search_dir), store, outcome.uniform, best, history)
+    return outcome
+
+
+def plan_of(store: DatabaseStore, genome: Genome) -> Plan:
+    """The genome's kept heads and channels per layer (sizes, parameter counts)."""
+    return assemble(store, genome.attn, genome.mlp)[0]
+
+
+def materialize(dense: nn.Module, store: DatabaseStore, genome: Genome) -> nn.Module:
+    """A new shrunk model: the genome's blocks from the database, the rest from
+    ``dense`` (which is left as it is)."""
+    return shrink(dense, *assemble(store, genome.attn, genome.mlp))

@@ -1,0 +1,257 @@
+"""The parameter budget of genomes, and the search's initial parent.
+
+:class:`Budget` indexes the database's ``table[module][layer][level]`` parameter counts.
+The budget must hold on *parameters*, not on level sums as in the paper (DarwinLM, Tang
+et al. 2025, arXiv 2502.07780, §3). That makes two departures from the paper's level
+arithmetic; this one is the budget's (the flips are in
+:mod:`darwin_modifier.search.mutation`):
+
+- **Distinct steps.** Ladders may repeat counts (``[3, 3, 2, 2, ...]`` when a module has
+  few units), and equal counts are the same pruned block (levels are snapshots of one
+  greedy trajectory; the store keeps one entry per count). A "one level down/up" move
+  therefore goes to the neighbouring level with *different* parameters, and genomes are
+  kept canonical (each level is the first of its run of equal counts), so physically
+  identical genomes compare equal and duplicates are caught by set membership. On a
+  ladder without repeats this is exactly the paper's +-1 level.
+
+The first parent (:func:`initial_genome`) is the uniform model at a level, as in the
+paper, or the densest near-uniform genome within a parameter target
+(:func:`for_target`).
+"""
+
+from __future__ import annotations
+
+from darwin_modifier.search.genome import MODULES, Genome, ParamsTable, uniform
+
+
+class Budget:
+    """The parameter table, and what the search needs from it.
+
+    Built from ``table[module][layer][level]`` (see :data:`ParamsTable`) or from a
+    database store with :meth:`from_store`.
+    """
+
+    def __init__(self, table: ParamsTable):
+        missing = [m for m in MODULES if m not in table]
+        if missing:
+            raise ValueError(f"params table lacks {missing}")
+        rows = {m: [[int(p) for p in row] for row in table[m]] for m in MODULES}
+        n = len(rows["attn"])
+        if n < 1 or len(rows["mlp"]) != n:
+            raise ValueError(
+                f"params table needs the same number (>= 1) of layers per module, got "
+                f"{len(rows['attn'])} attn and {len(rows['mlp'])} mlp"
+            )
+        for module, layers in rows.items():
+            for i, row in enumerate(layers):
+                if not row or any(p < 0 for p in row):
+                    raise ValueError(
+                        f"{module} layer {i}: need >= 1 level, params >= 0"
+                    )
+                if any(b > a for a, b in zip(row, row[1:])):
+                    raise ValueError(
+                        f"{module} layer {i}: params must not grow with level: {row}"
+                    )
+        self.num_layers = n
+        self._table = {m: tuple(tuple(row) for row in rows[m]) for m in MODULES}
+        # Canonical level (first of its run of equal params) and the distinct steps.
+        self._canon: dict[str, list[list[int]]] = {m: [] for m in MODULES}
+        self._up: dict[str, list[list[int | None]]] = {m: [] for m in MODULES}
+        self._down: dict[str, list[list[int | None]]] = {m: [] for m in MODULES}
+        for module in MODULES:
+            for row in self._table[module]:
+                canon = [0] * len(row)
+                for level in range(1, len(row)):
+                    same = row[level] == row[level - 1]
+                    canon[level] = canon[level - 1] if same else level
+                up: list[int | None] = [None] * len(row)
+                down: list[int | None] = [None] * len(row)
+                for level in range(len(row)):
+                    nxt = next(
+                        (k for k in range(level, len(row)) if row[k] < row[level]), None
+                    )
+                    up[level] = nxt
+                    first = canon[level]
+                    down[level] = canon[first - 1] if first > 0 else None
+                self._canon[module].append(canon)
+                self._up[module].append(up)
+                self._down[module].append(down)
+
+    @classmethod
+    def from_store(cls, store) -> Budget:
+        """From a :class:`~darwin_modifier.database.store.DatabaseStore` (complete)."""
+        n = store.shape.num_layers
+        return cls(
+            {
+                m: [
+                    [store.params(i, m, lv) for lv in range(len(store.ladders[m]))]
+                    for i in range(n)
+                ]
+                for m in MODULES
+            }
+        )
+
+    @classmethod
+    def coerce(cls, value: Budget | ParamsTable) -> Budget:
+        return value if isinstance(value, Budget) else cls(value)
+
+    # ---- lookups ---------------------------------------------------------------------
+
+    def num_levels(self, module: str, layer: int) -> int:
+        return len(self._table[module][layer])
+
+    def module_params(self, module: str, layer: int, level: int) -> int:
+        return self._table[module][layer][level]
+
+    def group_params(self, genome: Genome, module: str) -> int:
+        return sum(
+            self._table[module][i][level]
+            for i, level in enumerate(genome.levels(module))
+        )
+
+    def params(self, genome: Genome) -> int:
+        """Total decoder-block parameters of the model the genome makes."""
+        self.validate(genome)
+        return sum(self.group_params(genome, m) for m in MODULES)
+
+    def group_size(self, module: str) -> int:
+        """Dense parameters of the group: the weight for picking it in a flip."""
+        return sum(row[0] for row in self._table[module])
+
+    def dense_params(self) -> int:
+        return sum(self.group_size(m) for m in MODULES)
+
+    def uniform_params(self, level: int) -> int:
+        """Parameters of the uniform model at ``level``: a natural search target."""
+        return self.params(uniform(level, self.num_layers))
+
+    # ---- structure -------------------------------------------------------------------
+
+    def validate(self, genome: Genome) -> None:
+        if genome.num_layers != self.num_layers:
+            raise ValueError(
+                f"genome has {genome.num_layers} layers, the params table "
+                f"{self.num_layers}"
+            )
+        for module in MODULES:
+            for i, level in enumerate(genome.levels(module)):
+                if level >= self.num_levels(module, i):
+                    raise ValueError(
+                        f"{module} layer {i}: level {level} outside "
+                        f"[0, {self.num_levels(module, i) - 1}]"
+                    )
+
+    def canonical(self, genome: Genome) -> Genome:
+        """Each level moved to the first level with the same params (same block)."""
+        self.validate(genome)
+        return Genome(
+            **{
+                m: tuple(self._canon[m][i][lv] for i, lv in enumerate(genome.levels(m)))
+                for m in MODULES
+            }
+        )
+
+    def is_empty(self, genome: Genome) -> bool:
+        """Whether every module is removed (at its last params): not a usable model."""
+        self.validate(genome)
+        return all(
+            self._table[m][i][lv] == self._table[m][i][-1]
+            for m in MODULES
+            for i, lv in enumerate(genome.levels(m))
+        )
+
+    def step_up(self, module: str, layer: int, level: int) -> int | None:
+        """The next level with fewer params (prune more), or None at the top."""
+        return self._up[module][layer][level]
+
+    def step_down(self, module: str, layer: int, level: int) -> int | None:
+        """The canonical previous level with more params (prune less), or None at 0."""
+        return self._down[module][layer][level]
+
+
+# ---- initial parent ------------------------------------------------------------------
+
+
+def for_target(params_table: Budget | ParamsTable, target_params: int) -> Genome:
+    """The densest near-uniform genome with ``params <= target_params``.
+
+    Start from the smallest uniform level that fits the target, then lower single
+    modules (add parameters) in passes over the layers, MLP then attention from layer 0,
+    while the target still holds. Deterministic; the result is canonical. ValueError if
+    the target is above the dense model or too small to keep anything.
+    """
+    budget = Budget.coerce(params_table)
+    target = int(target_params)
+    if target > budget.dense_params():
+        raise ValueError(
+            f"target {target} is above the dense model's {budget.dense_params()} "
+            "decoder-block parameters"
+        )
+    n = budget.num_layers
+    common = min(budget.num_levels(m, i) for m in MODULES for i in range(n))
+    fitting = [lv for lv in range(common) if budget.uniform_params(lv) <= target]
+    if fitting:
+        levels = {m: [fitting[0]] * n for m in MODULES}
+    else:
+        levels = {m: [budget.num_levels(m, i) - 1 for i in range(n)] for m in MODULES}
+    genome = budget.canonical(Genome(**levels))
+    total = budget.params(genome)
+    if total > target:
+        raise ValueError(
+            f"target {target} is below the smallest model the table allows ({total})"
+        )
+    levels = {m: list(genome.levels(m)) for m in MODULES}
+    changed = True
+    while changed:
+        changed = False
+        for i in range(n):
+            for module in ("mlp", "attn"):
+                total, moved = _try_lower(budget, levels, module, i, total, target)
+                changed |= moved
+    genome = Genome(**levels)
+    if budget.is_empty(genome):
+        raise ValueError(
+            f"target {target} is too small: every attention and MLP block would go"
+        )
+    return genome
+
+
+def initial_genome(
+    params_table: Budget | ParamsTable,
+    target_params: int | None = None,
+    *,
+    level: int | None = None,
+) -> Genome:
+    """The search's first parent: ``uniform(level)`` or ``for_target(target)`` (one)."""
+    if (target_params is None) == (level is None):
+        raise ValueError("give exactly one of target_params and level")
+    budget = Budget.coerce(params_table)
+    if level is not None:
+        genome = uniform(level, budget.num_layers)
+        if budget.is_empty(genome):
+            raise ValueError(f"level {level} removes every block")
+        return budget.canonical(genome)
+    return for_target(budget, target_params)
+
+
+def _try_lower(
+    budget: Budget,
+    levels: dict[str, list[int]],
+    module: str,
+    i: int,
+    total: int,
+    limit: int,
+) -> tuple[int, bool]:
+    level = levels[module][i]
+    down = budget.step_down(module, i, level)
+    if down is None:
+        return total, False
+    new_total = (
+        total
+        - budget.module_params(module, i, level)
+        + budget.module_params(module, i, down)
+    )
+    if new_total > limit:
+        return total, False
+    levels[module][i] = down
+    return new_total, True
