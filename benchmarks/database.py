@@ -64,10 +64,9 @@ _DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4}
 
 def analyse(root: Path) -> dict:
     """Everything the report needs, from a finished database directory."""
-    from darwin_modifier.database.store import DatabaseStore
+    from darwin_modifier.pipeline import load_database
 
-    store = DatabaseStore.open(root)
-    store.require_complete()
+    store = load_database(root)
     shape = store.shape
     in_features = {
         "attn": shape.num_heads * shape.head_dim,  # o_proj input columns
