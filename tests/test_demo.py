@@ -20,6 +20,8 @@ def test_database_and_search_go_under_out(tmp_path):
 
 
 def test_a_recipe_without_darwinlm_is_refused(tmp_path):
-    recipe = "quant_stage:\n  quant_modifiers:\n    QuantizationModifier: {scheme: W8A8}\n"
+    recipe = (
+        "quant_stage:\n  quant_modifiers:\n    QuantizationModifier: {scheme: W8A8}\n"
+    )
     with pytest.raises(ValueError, match="one DarwinLMModifier"):
         recipe_modifier(recipe, tmp_path)
