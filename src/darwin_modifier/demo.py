@@ -107,16 +107,12 @@ def main(argv: list[str] | None = None) -> dict:
 def recipe_modifier(recipe, out: Path) -> DarwinLMModifier:
     """The recipe's DarwinLMModifier, with its database and search under ``out``
     (so a demo run never reads another run's database)."""
-    found = [
-        m
-        for stage in split_stages(recipe)
-        for m in stage.modifiers
-        if isinstance(m, DarwinLMModifier)
-    ]
-    if len(found) != 1:
+    found = [m for stage in split_stages(recipe) for m in stage.modifiers]
+    if len(found) != 1 or not isinstance(found[0], DarwinLMModifier):
+        names = [type(m).__name__ for m in found]
         raise ValueError(
-            f"the demo runs a recipe with one DarwinLMModifier; {recipe} has "
-            f"{len(found)}"
+            f"the demo runs a recipe with one DarwinLMModifier and nothing else; "
+            f"{recipe} has {names} (run other recipes with darwin-modifier compress)"
         )
     return found[0].model_copy(
         update={

@@ -17,7 +17,7 @@ from darwin_modifier.search.budget import Budget, initial_genome
 from darwin_modifier.search.candidates import Workbench
 from darwin_modifier.search.config import SearchConfig, Stage
 from darwin_modifier.search.evolution import run_search
-from darwin_modifier.search.fitness import Pools
+from darwin_modifier.search.fitness import Pools, untrained_kl
 from darwin_modifier.search.genome import Genome
 from darwin_modifier.search.selection import successive_halving
 from tests.conftest import tiny_model
@@ -63,7 +63,9 @@ def setup(tmp_path):
     return model, store, budget, parent, pools
 
 
-def search(setup, state_dir, generations: int, seed: int = 0, store=None, slack=0):
+def search(
+    setup, state_dir, generations: int, seed=0, store=None, slack=0, fitness=None
+):
     model, default_store, budget, parent, pools = setup
     store = store or default_store
     settings = SearchConfig(
@@ -75,7 +77,11 @@ def search(setup, state_dir, generations: int, seed: int = 0, store=None, slack=
     )
     bench = Workbench(model, store, parent)
     max_params = budget.params(parent) + slack
-    return run_search(bench, budget, parent, max_params, pools, settings, state_dir)
+    if fitness is not None:
+        fitness = fitness(bench, pools, settings)
+    return run_search(
+        bench, budget, parent, max_params, pools, settings, state_dir, fitness
+    )
 
 
 def test_successive_halving_keeps_the_right_number():
@@ -157,5 +163,20 @@ def test_resume_on_another_database_or_target_is_refused(setup, tmp_path):
         search(setup, tmp_path / "s", generations=2, store=rebuilt)
     with pytest.raises(ValueError, match="max_params: stored [0-9]+, now [0-9]+"):
         search(setup, tmp_path / "s", generations=2, slack=1000)
+    with pytest.raises(ValueError, match="fitness: stored .*trained_kl.*untrained_kl"):
+        search(setup, tmp_path / "s", generations=2, fitness=untrained_kl)
     resumed = search(setup, tmp_path / "s", generations=2)  # the same inputs resume
     assert len(resumed.history) == 2
+
+
+def test_the_ablation_never_trains(setup, tmp_path, monkeypatch):
+    import darwin_modifier.search.fitness as fitness_module
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the EvoPress-style ablation must not train")
+
+    trained = search(setup, tmp_path / "trained", generations=2)
+    monkeypatch.setattr(fitness_module, "train", no_training)
+    ablation = search(setup, tmp_path / "ablation", generations=2, fitness=untrained_kl)
+    assert len(ablation.history) == 2
+    assert ablation.history != trained.history  # training changed the fitness

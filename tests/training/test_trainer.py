@@ -9,6 +9,7 @@ from darwin_modifier.evaluation.quality import evaluate
 from darwin_modifier.format.shrink import shrink
 from darwin_modifier.plan import DenseShape, LayerPlan, Plan
 from darwin_modifier.training.config import OptimConfig, PostTrainConfig
+from darwin_modifier.training.losses import distillation_loss
 from darwin_modifier.training.posttrain import post_train
 from darwin_modifier.training.trainer import Trainer
 from tests.conftest import tiny_model
@@ -136,3 +137,29 @@ def test_a_checkpoint_of_another_run_is_refused(tmp_path):
     _, model = small_model()
     with pytest.raises(ValueError, match="another run.*delete it"):
         post_train(model, data(4, 16), settings, tmp_path)  # other training text
+
+
+def test_topk_distillation_is_the_k_plus_rest_kl():
+    """kd_topk compares the teacher's k most likely tokens and one bucket for the
+    rest (the search's top-k KL), and its gradient reaches the student."""
+    teacher, student = small_model()
+    ids = data(6, 2)
+    k = 8
+    loss = distillation_loss(teacher, topk=k)(student, ids)
+    with torch.no_grad():
+        p = teacher(ids).logits.double().log_softmax(-1)
+    q = student(ids).logits.double().log_softmax(-1)
+    top = p.topk(k, dim=-1).indices
+    rest = torch.ones_like(p, dtype=torch.bool).scatter(-1, top, False)
+
+    def buckets(lp):
+        kept = lp.gather(-1, top)
+        return torch.cat(
+            [kept, lp.masked_fill(~rest, -torch.inf).logsumexp(-1)[..., None]], -1
+        )
+
+    bp, bq = buckets(p), buckets(q)
+    expected = (bp.exp() * (bp - bq)).sum(-1).mean()
+    torch.testing.assert_close(loss.double(), expected, rtol=1e-4, atol=1e-6)
+    loss.backward()
+    assert all(p.grad is not None for p in student.parameters() if p.requires_grad)

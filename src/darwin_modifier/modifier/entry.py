@@ -9,6 +9,7 @@ from transformers import AutoTokenizer
 from darwin_modifier.data.calibration import calibration_dataset
 from darwin_modifier.database.store import DatabaseStore
 from darwin_modifier.modifier.base import DarwinLMModifier
+from darwin_modifier.pipeline import load_database
 
 
 def run_oneshot(
@@ -54,4 +55,4 @@ def build_database(
         database_dir=str(database_dir), generations=0, shrink=False, **modifier_settings
     )
     run_oneshot(model, [modifier], None, dataset, num_samples, seq_len)
-    return DatabaseStore.open(database_dir)
+    return load_database(database_dir)

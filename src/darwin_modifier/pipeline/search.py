@@ -51,7 +51,7 @@ class SearchOutcome:
         return cls(
             Genome.from_dict(result["uniform"]["genome"]),
             Genome.from_dict(result["darwinlm"]["genome"]),
-            result["history"],
+            result.get("history", []),
         )
 
 

@@ -37,15 +37,25 @@ class SearchResult:
 
 
 def search_identity(
-    config: SearchConfig, bench: Workbench, pools: Pools, parent: Genome, max_params
+    config: SearchConfig,
+    bench: Workbench,
+    pools: Pools,
+    parent: Genome,
+    max_params: int,
+    fitness: Fitness,
 ) -> dict:
-    """What a resumed search must share with the one it continues: its settings, the
-    database it draws blocks from, its token pools, its first parent and its budget."""
+    """What a resumed search must share with the one it continues: its settings and
+    fitness, the database it draws blocks from, its token pools, its first parent and
+    its budget. Not the number of generations: more of them continue the search."""
     settings = config.search_settings()
-    for key in ("generations", "eval_batch_size"):  # more generations continue it
+    for key in ("generations", "eval_batch_size"):
         settings.pop(key)
+    if config.fitness != "topk_kl":
+        settings.pop("fitness_topk")  # unused
+    default = {"fitness": f"{type(fitness).__module__}.{type(fitness).__qualname__}"}
     return {
         "settings": settings,
+        "fitness": getattr(fitness, "identity", lambda: default)(),
         "database": bench.store.digest(),
         "pools": pools.digest(),
         "start": parent.to_dict(),
@@ -70,7 +80,7 @@ def run_search(
     state_dir = Path(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     fitness = fitness or TrainedKL(bench, pools, config)
-    identity = search_identity(config, bench, pools, parent, max_params)
+    identity = search_identity(config, bench, pools, parent, max_params, fitness)
     rng = random.Random(config.seed)
     history: list[dict] = []
     start = 0
@@ -152,8 +162,13 @@ def _load_state(state_dir: Path, identity: dict) -> dict | None:
         raise ValueError(
             f"search state {path} is corrupt ({err}); delete it to restart"
         ) from err
+    if "identity" not in state:
+        raise ValueError(
+            f"search state {path} was written by an older version of darwin-modifier; "
+            "delete it to restart"
+        )
     require_same(
-        state.get("identity", {}),
+        state["identity"],
         identity,
         what=f"search state in {state_dir} was made with different settings or inputs",
         fix="use another search_dir or delete it to restart",

@@ -79,6 +79,10 @@ class TrainedKL:
         self.train = train
         self.optim = OptimConfig(learning_rate=config.learning_rate)
 
+    def identity(self) -> dict:
+        """Which fitness a search state was scored with (a resume must not switch)."""
+        return {"fitness": "trained_kl" if self.train else "untrained_kl"}
+
     def _seed(self, generation: int, stage: int, kind: int) -> int:
         return ((self.config.seed * 1_000_003 + generation) * 101 + stage) * 3 + kind
 
