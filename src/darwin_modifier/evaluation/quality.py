@@ -42,11 +42,12 @@ def evaluate(
         for name, model in models.items():
             model.eval()
             device = next(model.parameters()).device
-            out = model(batch.to(device), use_cache=False).logits[:, :-1].float().cpu()
-            logits[name] = out.reshape(-1, out.shape[-1])
-            logprobs = torch.log_softmax(logits[name], dim=-1)
-            target = batch[:, 1:].reshape(-1, 1)
+            out = model(batch.to(device), use_cache=False).logits[:, :-1].float()
+            flat = out.reshape(-1, out.shape[-1])
+            target = batch[:, 1:].reshape(-1, 1).to(device)
+            logprobs = torch.log_softmax(flat, dim=-1)  # on the model's device
             totals[name]["nll"] -= logprobs.gather(-1, target).sum().item()
+            logits[name] = flat.cpu()  # one batch of every model's logits is held
         if reference is not None:
             targets = dense_targets(logits[reference], dtype=torch.float32)
             for name, model_logits in logits.items():
