@@ -1,24 +1,32 @@
 """darwin-modifier: DarwinLM evolutionary structured pruning for LLM Compressor.
 
-Importing the package registers the shrunk-model format with transformers' Auto classes
-and, where llmcompressor is installed, ``DarwinLMModifier`` and
-``DarwinLMTrainingModifier`` with its recipe factory. The
-serve environment has no llmcompressor, and vLLM imports this ``__init__`` through the
-plugin entry point, so llmcompressor is only imported when it is there.
+Importing the package registers the shrunk-model format with transformers' Auto
+classes. The modifiers (``DarwinLMModifier``, ``DarwinLMTrainingModifier``) load on
+first use: as attributes here, or when a recipe names them (the start-up hook in
+``_darwin_modifier_hook`` wraps LLM Compressor's factory). Importing llmcompressor here
+would cost seconds, and its logging, in every tool that only loads a shrunk
+checkpoint; the serve environment has no llmcompressor at all.
 """
 
-from importlib.util import find_spec
-
+import _darwin_modifier_hook  # noqa: F401  (also where darwin_modifier.pth is absent)
 from darwin_modifier import format as _format  # noqa: F401  (Auto-class registration)
 from darwin_modifier.plan import DenseShape, LayerPlan, Plan
 
 __version__ = "0.1.0"
-__all__ = ["DenseShape", "LayerPlan", "Plan", "__version__"]
+__all__ = [
+    "DarwinLMModifier",
+    "DarwinLMTrainingModifier",
+    "DenseShape",
+    "LayerPlan",
+    "Plan",
+    "__version__",
+]
+_MODIFIERS = ("DarwinLMModifier", "DarwinLMTrainingModifier")
 
-if find_spec("llmcompressor") is not None:
-    from darwin_modifier.modifier import (  # noqa: F401
-        DarwinLMModifier,
-        DarwinLMTrainingModifier,
-    )
 
-    __all__ += ["DarwinLMModifier", "DarwinLMTrainingModifier"]
+def __getattr__(name: str):
+    if name in _MODIFIERS:
+        from darwin_modifier import modifier  # registers both with the factory
+
+        return getattr(modifier, name)
+    raise AttributeError(f"module 'darwin_modifier' has no attribute {name!r}")

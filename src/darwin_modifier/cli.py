@@ -50,6 +50,31 @@ def main(argv: list[str] | None = None) -> None:
     train.add_argument("--teacher", help="dense model for --loss kd")
     train.add_argument("--kd-topk", type=int, default=None)
 
+    evaluate = commands.add_parser(
+        "eval",
+        help="lm-eval on several checkpoints side by side (default: the local "
+        "multiple-choice task; any lm-eval task names where the hub is reachable)",
+    )
+    evaluate.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        metavar="NAME=DIR",
+        help="a checkpoint to evaluate, named in the table; repeat for each",
+    )
+    evaluate.add_argument("--tasks", default="darwinlm_docs_mc")
+    evaluate.add_argument("--backend", choices=["hf", "vllm"], default="hf")
+    evaluate.add_argument("--out", default="results/eval")
+    evaluate.add_argument(
+        "--num-items", type=int, default=200, help="items of the local task"
+    )
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--batch-size", default="8")
+    evaluate.add_argument(
+        "--model-args", default="", help="extra lm-eval model_args, e.g. dtype=float32"
+    )
+    evaluate.add_argument("--limit", type=int, help="items per task (lm-eval --limit)")
+
     commands.add_parser(
         "fetch", help="fetch the embedded default model + corpus; print the model path"
     )
@@ -71,6 +96,8 @@ def main(argv: list[str] | None = None) -> None:
         )
     elif args.command == "train":
         _train(args)
+    elif args.command == "eval":
+        _evaluate(args, parser)
     elif args.command == "fetch":
         from darwin_modifier.data import fetch_corpus, fetch_default_model
 
@@ -106,6 +133,29 @@ def _train(args) -> None:
         seq_len=args.seq_len,
         text_column=args.text_column,
     )
+
+
+def _evaluate(args, parser) -> None:
+    from darwin_modifier.evaluation.harness import compare, format_table
+
+    models = {}
+    for given in args.model:
+        name, sep, path = given.partition("=")
+        if not sep or not name or not path:
+            parser.error(f"--model {given!r}: write NAME=DIR, e.g. dense=./dense")
+        models[name] = path
+    table = compare(
+        models,
+        args.out,
+        tasks=args.tasks,
+        backend=args.backend,
+        num_items=args.num_items,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        model_args=args.model_args,
+        limit=args.limit,
+    )
+    print(format_table(table))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
 SmolLM2-135M-Instruct -> DarwinLM recipe through oneshot (database, search, shrink,
 save) -> held-out perplexity and KL of dense, uniform (same database, same budget) and
 DarwinLM -> vLLM decode speed of dense and DarwinLM side by side -> results/demo.json.
+The DarwinLM and uniform checkpoints stay in ``--out`` (``make eval`` runs lm-eval on
+them).
 """
 
 from __future__ import annotations
@@ -63,7 +65,12 @@ def main(argv: list[str] | None = None) -> dict:
     pruned = AutoModelForCausalLM.from_pretrained(out / "darwinlm", dtype=torch.float32)
     store = load_database(darwin.database_dir, dense.config)
     outcome = SearchOutcome.load(darwin.search_dir)
+    # saved like the DarwinLM checkpoint (same dtype), for lm-eval and vLLM; then
+    # evaluated from the rounded weights, on equal terms
     uniform = materialize(dense, store, outcome.uniform)
+    uniform.to(darwin.output_dtype(torch.float32)).save_pretrained(out / "uniform")
+    tokenizer.save_pretrained(out / "uniform")
+    uniform.float()
     windows = heldout_windows(
         tokenizer, seq_len=args.seq_len, num_windows=args.eval_windows
     )

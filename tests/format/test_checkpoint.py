@@ -76,3 +76,34 @@ def test_trust_remote_code_load_without_the_package(saved, tmp_path_factory):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert torch.equal(torch.load(out), expected)
+
+
+# A fresh interpreter, as lm-eval or a user's script: transformers only, stdin closed
+# (transformers would otherwise prompt for trust_remote_code).
+PLAIN_LOAD = """
+import sys, torch
+from transformers import AutoModelForCausalLM
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1]).eval()
+with torch.no_grad():
+    logits = model(torch.arange(20).view(2, 10)).logits
+torch.save(logits, sys.argv[2])
+print(type(model).__module__, "llmcompressor" in sys.modules)
+"""
+
+
+def test_installed_package_loads_without_flags_or_import(saved, tmp_path_factory):
+    """The start-up hook registers the Auto classes when transformers looks ours up."""
+    path, expected = saved
+    out = tmp_path_factory.mktemp("plain") / "logits.pt"
+    result = subprocess.run(
+        [sys.executable, "-c", PLAIN_LOAD, str(path), str(out)],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        cwd=tmp_path_factory.getbasetemp(),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    module, llmcompressor_loaded = result.stdout.split()[-2:]
+    assert module == "darwin_modifier.format.modeling_darwinlm"
+    assert llmcompressor_loaded == "False"  # loading costs no compression imports
+    assert torch.equal(torch.load(out), expected)

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM
 
 from darwin_modifier.data import corpus_split
+from tests.conftest import save_tiny_checkpoint
 
 RECIPE = """
 darwin_stage:
@@ -71,3 +73,24 @@ def test_recipe_round_trip(tiny_dir, tmp_path):
     assert (tmp_path / "search" / "profile.png").exists()
     assert (tmp_path / "search" / "search_curve.png").exists()
     assert len(result["fitness"]) == 2
+
+
+def saved_dtypes(checkpoint) -> set[str]:
+    from safetensors import safe_open
+
+    with safe_open(str(checkpoint / "model.safetensors"), "pt") as f:
+        return {str(f.get_slice(name).get_dtype()) for name in f.keys()}
+
+
+@pytest.mark.parametrize(
+    ("given", "save_dtype", "saved"),
+    [
+        (torch.bfloat16, None, "BF16"),  # a hub model: saved as it came
+        (torch.float32, "bfloat16", "BF16"),  # the fp32 default model, saved to serve
+    ],
+)
+def test_checkpoint_is_saved_in_the_users_dtype(tmp_path, given, save_dtype, saved):
+    model_dir = save_tiny_checkpoint(tmp_path / "dense", dtype=given)
+    overrides = {} if save_dtype is None else {"save_dtype": save_dtype}
+    run_oneshot(model_dir, tmp_path, **overrides)
+    assert saved_dtypes(tmp_path / "out") == {saved}

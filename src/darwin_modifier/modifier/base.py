@@ -5,7 +5,8 @@
 2. calibration (LLM Compressor's sequential pipeline) -> the database, layer by layer.
 3. ``on_finalize``: the search (:func:`~darwin_modifier.pipeline.search`), then the
    winner stitched from the database and the model shrunk in place, so that
-   ``oneshot(output_dir=...)`` saves the smaller checkpoint with a truthful config.
+   ``oneshot(output_dir=...)`` saves the smaller checkpoint with a truthful config,
+   in ``save_dtype`` (default: the dtype the model came in).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class DarwinLMModifier(Modifier, DarwinLMConfig):
 
     def on_initialize(self, state: State, **kwargs) -> bool:
         refuse_quantization_in_same_pass(self)  # quantization must be a later stage
+        self._given_dtype = next(state.model.parameters()).dtype
         self._store, self._builder = open_database(
             state.model, self, _calibration_digest(state)
         )
@@ -71,6 +73,7 @@ class DarwinLMModifier(Modifier, DarwinLMConfig):
                 f"DarwinLM: decoder blocks {plan.block_params():,} params "
                 f"({plan.kept_fraction():.1%} of dense)"
             )
+        state.model.to(self.output_dtype(self._given_dtype))
         return True
 
 

@@ -49,5 +49,7 @@ class DarwinLMTrainingModifier(Modifier, TrainingConfig):
 
     def on_finalize(self, state: State, **kwargs) -> bool:
         undo_offloading(state.model)  # the optimizer needs real parameters
-        train_model(state.model, self, self._data)
+        given = next(state.model.parameters()).dtype
+        train_model(state.model, self, self._data)  # leaves the model in ``given``
+        state.model.to(self.output_dtype(given))
         return True

@@ -10,6 +10,9 @@ pipeline's settings.
 
 from __future__ import annotations
 
+from typing import Literal
+
+import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from darwin_modifier.database.config import DatabaseConfig
@@ -50,7 +53,22 @@ class SizeTarget(BaseModel):
         return None, level
 
 
-class DarwinLMConfig(SizeTarget, DatabaseConfig, SearchConfig):
+class SaveDtype(BaseModel):
+    """The dtype a step leaves the model in, which ``oneshot`` then saves.
+
+    ``auto`` keeps the dtype of the model the step was given (bf16 for hub models,
+    which oneshot loads in their own dtype). Set it to what you serve (vLLM serves
+    bf16 by default) when the model came in another dtype, as the fp32 default model
+    does: vLLM then loads the weights as they are, without a cast per tensor.
+    """
+
+    save_dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+
+    def output_dtype(self, given: torch.dtype) -> torch.dtype:
+        return given if self.save_dtype == "auto" else getattr(torch, self.save_dtype)
+
+
+class DarwinLMConfig(SizeTarget, DatabaseConfig, SearchConfig, SaveDtype):
     """Database -> search -> shrink, for one size target."""
 
     database_dir: str = "darwinlm_database"
@@ -79,7 +97,7 @@ class DarwinLMConfig(SizeTarget, DatabaseConfig, SearchConfig):
         return self.ladders(shape)
 
 
-class TrainingConfig(PostTrainConfig):
+class TrainingConfig(PostTrainConfig, SaveDtype):
     """Post-training with its data: where the text, the teacher and the checkpoints
     are."""
 

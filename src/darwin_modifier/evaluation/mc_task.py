@@ -1,0 +1,122 @@
+"""A local multiple-choice task for lm-eval: the true continuation of held-out text.
+
+The paper's zero-shot suite (SciQ, PIQA, ARC, ...) needs the dataset hub, which these
+machines cannot reach. This task asks the same kind of question (which continuation is
+most likely?) of text no search or training step saw: each item is a passage of
+held-out text, its true next words, and the same number of words taken from three
+other places in the held-out split, in a seeded random order. Items are cut from the
+original text (whitespace kept) by words, so they do not depend on any tokenizer.
+
+It is written as an ordinary lm-eval task (YAML over a local JSON-lines file), so every
+lm-eval backend runs it: ``lm_eval --include_path DIR --tasks darwinlm_docs_mc``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from pathlib import Path
+
+from darwin_modifier.artifacts.atomic import replacing
+from darwin_modifier.data.windows import load_texts
+
+TASK_NAME = "darwinlm_docs_mc"
+NUM_CHOICES = 4
+
+_TASK_YAML = """\
+# Made by darwin_modifier.evaluation.mc_task: {num_items} items from the held-out
+# split of {source!r} (seed {seed}).
+task: {task}
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data_file}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{context}}}}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: label
+target_delimiter: " "
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+  - metric: acc_norm
+    aggregation: mean
+    higher_is_better: true
+metadata:
+  version: 1.0
+"""
+
+
+def _words(text: str) -> list[str]:
+    """Words with their trailing whitespace, so that joining restores the text."""
+    return re.findall(r"\S+\s*", text)
+
+
+def build_items(
+    texts: list[str],
+    num_items: int,
+    context_words: int = 48,
+    continuation_words: int = 12,
+    seed: int = 0,
+) -> list[dict]:
+    """``num_items`` questions: context, four choices, and the true one's index."""
+    span = context_words + continuation_words
+    documents = [w for w in map(_words, texts) if len(w) >= span]
+    if not documents:
+        raise ValueError(
+            f"no held-out document has {span} words; lower context_words / "
+            "continuation_words or use a larger held-out split"
+        )
+    rng = random.Random(seed)
+
+    def cut(words: list[str], start: int, length: int) -> str:
+        return "".join(words[start : start + length]).strip()
+
+    items = []
+    for _ in range(num_items):
+        words = rng.choice(documents)
+        start = rng.randrange(len(words) - span + 1)
+        context = cut(words, start, context_words)
+        true = cut(words, start + context_words, continuation_words)
+        choices = [true]
+        while len(choices) < NUM_CHOICES:
+            other = rng.choice(documents)
+            at = rng.randrange(len(other) - continuation_words + 1)
+            piece = cut(other, at, continuation_words)
+            if other is not words and piece not in choices:
+                choices.append(piece)
+        rng.shuffle(choices)
+        items.append(
+            {"context": context, "choices": choices, "label": choices.index(true)}
+        )
+    return items
+
+
+def write_task(
+    directory: str | Path,
+    source: str = "python-docs",
+    num_items: int = 200,
+    seed: int = 0,
+    text_column: str = "text",
+) -> Path:
+    """Write the items and the task YAML into ``directory`` (lm-eval's include path)."""
+    directory = Path(directory).resolve()
+    directory.mkdir(parents=True, exist_ok=True)
+    texts = load_texts(source, "heldout", text_column)
+    items = build_items(texts, num_items, seed=seed)
+    data_file = directory / f"{TASK_NAME}.jsonl"
+    with replacing(data_file) as tmp:
+        tmp.write_text("".join(json.dumps(item) + "\n" for item in items))
+    yaml = _TASK_YAML.format(
+        task=TASK_NAME,
+        data_file=json.dumps(str(data_file)),
+        num_items=num_items,
+        source=source,
+        seed=seed,
+    )
+    with replacing(directory / f"{TASK_NAME}.yaml") as tmp:
+        tmp.write_text(yaml)
+    return directory
