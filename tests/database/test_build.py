@@ -235,3 +235,39 @@ def test_query_mode_build_finishes(tiny_dir, texts, tmp_path):
     for i in range(store.shape.num_layers):  # a level never makes the block bigger
         params = [s["params"] for s in store.layer_stats(i)["attn"]]
         assert params == sorted(params, reverse=True)
+
+
+def test_single_calibration_pass_builds_the_same_database(
+    databases, tiny_dir, texts, tmp_path
+):
+    """Our entry points turn off LLM Compressor's error propagation (a second forward
+    pass per layer); DarwinLM's calibration changes no weight, so nothing changes."""
+    from llmcompressor import oneshot
+
+    from darwin_modifier.modifier import DarwinLMModifier
+
+    root, _ = databases("kv_group")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
+    data = calibration_dataset(tokenizer, texts, NUM_SAMPLES, SEQ_LEN, 0, "text")
+    modifier = DarwinLMModifier(
+        database_dir=str(tmp_path / "db"),
+        search_dir=str(tmp_path / "search"),
+        generations=0,
+        shrink=False,
+        gqa_mode="kv_group",
+        mlp_multiple=8,
+    )
+    oneshot(
+        model=str(tiny_dir),
+        tokenizer=tokenizer,
+        dataset=data,
+        recipe=[modifier],
+        num_calibration_samples=len(data),
+        max_seq_length=SEQ_LEN,
+        shuffle_calibration_samples=False,
+        propagate_error=True,  # LLM Compressor's default: two passes per layer
+    )
+    expected, got = all_tensors(root), all_tensors(tmp_path)
+    assert expected.keys() == got.keys()
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key

@@ -279,3 +279,28 @@ def test_vllm_serves_quantized_darwinlm(scheme, checkpoints, tmp_path):
     mean, worst, argmax, greedy = TOLERANCE[scheme]
     assert got["mean"] < mean and got["max"] < worst, got
     assert got["argmax"] >= argmax and got["greedy_prefix"] >= greedy, got
+
+
+def test_lm_eval_runs_quantized_darwinlm(checkpoints, tmp_path):
+    """lm-eval's hf and vllm backends both take a DarwinLM -> quantization checkpoint
+    (the model is random, so only that every item is scored is checked)."""
+    scheme = "W8A8"
+    dtype = SCHEMES[scheme][0]
+    args = {"hf": f"dtype={dtype}", "vllm": f"dtype={dtype},max_model_len=512"}
+    for backend, model_args in args.items():
+        command = [sys.executable, "-m", "darwin_modifier.cli", "eval"]
+        command += ["--model", f"w8a8={checkpoints / scheme}", "--backend", backend]
+        command += ["--num-items", "16", "--model-args", model_args]
+        command += ["--out", str(tmp_path)]
+        run = subprocess.run(
+            command,
+            env={**os.environ, **ENV, "HF_DATASETS_OFFLINE": "1"},
+            capture_output=True,
+            text=True,
+            timeout=600,
+            stdin=subprocess.DEVNULL,
+        )
+        assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-5000:]
+        table = json.loads((tmp_path / f"lm_eval_{backend}.json").read_text())
+        result = table["models"]["w8a8"]["results"]["darwinlm_docs_mc"]
+        assert result["n"] == 16 and 0 <= result["acc"] <= 1

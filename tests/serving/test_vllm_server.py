@@ -116,3 +116,27 @@ def test_vllm_serve_matches_offline(smollm2_dense_and_sliced, tmp_path):
     server_log = log.read_text()
     assert "DarwinLMLlamaForCausalLM" in server_log
     assert "Attempted to load weight" not in server_log  # bf16 saved, bf16 served
+
+
+def test_vllm_bench_runs_the_plugin_model(smollm2_dense_and_sliced, tmp_path):
+    """``vllm bench throughput`` (what benchmarks/vllm_bench.py drives) takes the
+    shrunk checkpoint as it is."""
+    _, model = smollm2_dense_and_sliced
+    out = tmp_path / "throughput.json"
+    command = [str(Path(sys.executable).with_name("vllm")), "bench", "throughput"]
+    command += ["--model", str(model), "--dataset-name", "random", "--num-prompts", "4"]
+    command += ["--input-len", "32", "--output-len", "8", "--max-model-len", "64"]
+    command += ["--enforce-eager", "--seed", "0", "--output-json", str(out)]
+    run = subprocess.run(
+        command,
+        env={**os.environ, **VLLM_CPU_ENV},
+        capture_output=True,
+        text=True,
+        timeout=420,
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    result = json.loads(out.read_text())
+    assert result["num_requests"] == 4
+    assert result["total_num_tokens"] == 4 * (32 + 8)
+    assert result["tokens_per_second"] > 0
+    assert "DarwinLMLlamaForCausalLM" in run.stdout + run.stderr

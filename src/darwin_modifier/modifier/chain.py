@@ -21,7 +21,7 @@ from llmcompressor.modifiers import Modifier
 from llmcompressor.recipe import Recipe
 
 from darwin_modifier.data.calibration import calibration_dataset
-from darwin_modifier.modifier.rules import check_stages
+from darwin_modifier.modifier.rules import calibration_changes_weights, check_stages
 
 __all__ = ["oneshot_stages", "run_oneshot_stages", "split_stages"]
 
@@ -106,7 +106,10 @@ def oneshot_stages(
                 model=model,
                 recipe=stage,
                 output_dir=None if stage_dir is None else str(stage_dir),
-                **kwargs,
+                **{
+                    "propagate_error": calibration_changes_weights(stage.modifiers),
+                    **kwargs,
+                },
             )
             run()
             model = run.model

@@ -9,6 +9,8 @@ from transformers import AutoTokenizer
 from darwin_modifier.data.calibration import calibration_dataset
 from darwin_modifier.database.store import DatabaseStore
 from darwin_modifier.modifier.base import DarwinLMModifier
+from darwin_modifier.modifier.chain import split_stages
+from darwin_modifier.modifier.rules import calibration_changes_weights
 from darwin_modifier.pipeline import load_database
 
 
@@ -26,6 +28,7 @@ def run_oneshot(
     from llmcompressor import oneshot
 
     tokenizer = AutoTokenizer.from_pretrained(model)
+    modifiers = [m for stage in split_stages(recipe) for m in stage.modifiers]
     data = calibration_dataset(
         tokenizer, dataset, num_samples, seq_len, seed, text_column
     )
@@ -38,6 +41,7 @@ def run_oneshot(
         num_calibration_samples=len(data),
         max_seq_length=seq_len,
         shuffle_calibration_samples=False,
+        propagate_error=calibration_changes_weights(modifiers),
     )
 
 

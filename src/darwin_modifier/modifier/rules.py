@@ -38,6 +38,18 @@ def _role(modifier: Modifier) -> str | None:
     return getattr(type(modifier), "darwinlm_role", None)
 
 
+def calibration_changes_weights(modifiers: Iterable[Modifier]) -> bool:
+    """Whether a pass needs LLM Compressor's error propagation (``propagate_error``).
+
+    With it on, the sequential pipeline runs every layer twice: once with the
+    modifiers' hooks, once more to pass on the outputs of the layer as compressed so
+    far. Our modifiers only observe during calibration (Hessians) and change weights at
+    finalize, so for a pass of only ours the second run repeats the first exactly and
+    doubles the calibration time.
+    """
+    return not all(_role(m) is not None for m in modifiers)
+
+
 def _darwins(modifiers: Iterable[Modifier]) -> list[Modifier]:
     """DarwinLM modifiers that shrink the model (not a database-only run)."""
     return [m for m in modifiers if _role(m) == "prune" and m.shrink]
