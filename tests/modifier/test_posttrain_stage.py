@@ -12,6 +12,7 @@ from darwin_modifier.cli import main
 from darwin_modifier.modifier import DarwinLMTrainingModifier
 from darwin_modifier.modifier.chain import run_oneshot_stages, split_stages
 from darwin_modifier.modifier.rules import check_stages
+from tests.modifier.test_oneshot import saved_dtypes
 
 DARWIN = """
     DarwinLMModifier:
@@ -58,12 +59,15 @@ def test_training_stage_after_darwin_stage_from_the_cli(tiny_dir, tmp_path):
         + DARWIN.format(tmp=tmp_path)
         + "train_stage:\n  train_modifiers:"
         + TRAIN.format(tmp=tmp_path)
+        + "      save_dtype: bfloat16\n"
     )
     out = tmp_path / "out"
     cli = ["compress", "--model", str(tiny_dir), "--recipe", str(recipe)]
     cli += ["--output-dir", str(out), "--num-samples", "8", "--seq-len", "64"]
     main(cli + ["--save-stages"])
     assert (out / "darwin" / "config.json").exists()  # the stage before training
+    assert saved_dtypes(out / "darwin") == {"F32"}  # as the model came (auto)
+    assert saved_dtypes(out) == {"BF16"}  # the training stage's save_dtype
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "darwinlm_llama"  # trained, and still shrunk
     history = json.loads((tmp_path / "train" / "posttrain_history.json").read_text())

@@ -22,7 +22,7 @@ import yaml
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-import darwin_modifier  # noqa: F401  (registers DarwinLMModifier for YAML)
+import darwin_modifier  # noqa: F401  (the start-up hook, where no .pth installed it)
 from darwin_modifier.data import corpus_split
 from darwin_modifier.modifier.chain import oneshot_stages, split_stages
 from darwin_modifier.modifier.rules import (

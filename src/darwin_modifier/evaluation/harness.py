@@ -100,7 +100,13 @@ def compare(
             model_args,
             limit,
         )
-        subprocess.run(command, check=True, stdin=subprocess.DEVNULL)
+        run = subprocess.run(command, stdin=subprocess.DEVNULL)  # lm-eval's own log
+        if run.returncode != 0:
+            raise RuntimeError(
+                f"lm-eval failed on {name} ({model_dir}) with exit code "
+                f"{run.returncode}; its output is above. The command: "
+                + " ".join(command)
+            )
         table["models"][name] = {
             "path": str(model_dir),
             "command": ["lm_eval", *command[3:]],
@@ -111,6 +117,7 @@ def compare(
 
 
 def format_table(table: dict) -> str:
+    """One row per model, task and accuracy metric, for the terminal."""
     rows = [f"{'model':<12} {'task':<22} {'metric':<10} {'value':>7} {'n':>5}"]
     for name, entry in table["models"].items():
         for task, metrics in entry["results"].items():

@@ -62,32 +62,54 @@ def build_items(
     continuation_words: int = 12,
     seed: int = 0,
 ) -> list[dict]:
-    """``num_items`` questions: context, four choices, and the true one's index."""
+    """``num_items`` questions: context, four choices, and the true one's index.
+
+    Distractors come from other documents (distinct texts), and no two choices of an
+    item read the same once whitespace is ignored, so every item has one answer.
+    """
+    if num_items < 1:
+        raise ValueError(f"num_items must be at least 1, got {num_items}")
     span = context_words + continuation_words
-    documents = [w for w in map(_words, texts) if len(w) >= span]
-    if not documents:
+    documents = [_words(t) for t in dict.fromkeys(texts)]  # distinct texts, in order
+    documents = [w for w in documents if len(w) >= span]
+    if len(documents) < NUM_CHOICES:
         raise ValueError(
-            f"no held-out document has {span} words; lower context_words / "
-            "continuation_words or use a larger held-out split"
+            f"{len(documents)} distinct held-out documents have {span} words; "
+            f"{NUM_CHOICES} are needed (true continuation + distractors from others): "
+            "lower context_words / continuation_words or use a larger held-out split"
         )
     rng = random.Random(seed)
 
     def cut(words: list[str], start: int, length: int) -> str:
         return "".join(words[start : start + length]).strip()
 
+    def same_text(a: str, b: str) -> bool:
+        return a.split() == b.split()
+
     items = []
     for _ in range(num_items):
-        words = rng.choice(documents)
+        source = rng.randrange(len(documents))
+        words = documents[source]
         start = rng.randrange(len(words) - span + 1)
         context = cut(words, start, context_words)
-        true = cut(words, start + context_words, continuation_words)
-        choices = [true]
-        while len(choices) < NUM_CHOICES:
-            other = rng.choice(documents)
-            at = rng.randrange(len(other) - continuation_words + 1)
-            piece = cut(other, at, continuation_words)
-            if other is not words and piece not in choices:
+        choices = [cut(words, start + context_words, continuation_words)]
+        for _attempt in range(100 * NUM_CHOICES):
+            if len(choices) == NUM_CHOICES:
+                break
+            other = rng.randrange(len(documents))
+            if other == source:
+                continue
+            at = rng.randrange(len(documents[other]) - continuation_words + 1)
+            piece = cut(documents[other], at, continuation_words)
+            if not any(same_text(piece, c) for c in choices):
                 choices.append(piece)
+        else:
+            if len(choices) < NUM_CHOICES:
+                raise ValueError(
+                    "the held-out documents repeat themselves too much to give "
+                    f"{NUM_CHOICES - 1} distinct distractors; use another source"
+                )
+        true = choices[0]
         rng.shuffle(choices)
         items.append(
             {"context": context, "choices": choices, "label": choices.index(true)}
