@@ -17,7 +17,7 @@ from darwin_modifier.search.budget import Budget, initial_genome
 from darwin_modifier.search.candidates import Workbench
 from darwin_modifier.search.config import SearchConfig, Stage
 from darwin_modifier.search.evolution import run_search
-from darwin_modifier.search.fitness import Pools, untrained_kl
+from darwin_modifier.search.fitness import Pools, TrainedKL, untrained_kl
 from darwin_modifier.search.genome import Genome
 from darwin_modifier.search.selection import successive_halving
 from tests.conftest import tiny_model
@@ -180,3 +180,44 @@ def test_the_ablation_never_trains(setup, tmp_path, monkeypatch):
     ablation = search(setup, tmp_path / "ablation", generations=2, fitness=untrained_kl)
     assert len(ablation.history) == 2
     assert ablation.history != trained.history  # training changed the fitness
+
+
+def test_light_training_moves_bf16_weights(tmp_path):
+    """A bf16 hub model at the paper's lr 1e-5: one selection stage of light training
+    must move the candidate's block weights (bf16 weights would round most steps
+    away; the working model is fp32)."""
+    model = tiny_model("llama")
+    for p in model.parameters():
+        if p.dim() > 1:
+            p.data.normal_(0, 0.02)  # the scale of real LLM weights
+    store = random_store(model, tmp_path / "db")
+    dense = tiny_model("llama")
+    dense.load_state_dict(model.state_dict())
+    dense.to(torch.bfloat16)
+    parent = initial_genome(Budget.from_store(store), level=2)
+    windows = torch.randint(
+        0, 128, (16, 16), generator=torch.Generator().manual_seed(3)
+    )
+    pools = Pools.build(dense, windows[8:], windows[:8], topk=None, batch_size=4)
+    config = SearchConfig(
+        generations=1,
+        offspring=2,
+        selection_stages=(Stage(1, 64, 32),),  # 4 steps of 16 tokens
+        learning_rate=1e-5,
+    )
+    bench = Workbench(dense, store, parent)
+    untrained = {
+        k: v.clone()
+        for k, v in bench.load(parent).state_dict().items()
+        if k.startswith("model.layers.")
+    }
+    TrainedKL(bench, pools, config)(parent, 0, 0)
+    trained = bench.model.state_dict()
+    changed = sum(int((trained[k] != v).sum()) for k, v in untrained.items())
+    total = sum(v.numel() for v in untrained.values())
+    assert changed / total >= 0.9, f"{changed / total:.1%} of block weights moved"
+    assert (
+        bench.load(parent)
+        .state_dict()["model.layers.0.mlp.up_proj.weight"]
+        .equal(untrained["model.layers.0.mlp.up_proj.weight"])
+    )  # restored exactly

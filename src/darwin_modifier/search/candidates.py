@@ -6,6 +6,12 @@ blocks whose level changed (sliced from the dense weights and the memory-mapped
 database), and after a candidate's light training every parameter is restored in place
 from an in-memory copy of its untrained value. Memory: the dense model (read only), one
 shrunk model, and its untrained copy.
+
+The working model is fp32 whatever the dense model's dtype: an AdamW step at the
+paper's lr 1e-5 is below half the spacing of most bf16 weights and would round away,
+leaving "training-aware" selection untrained on every bf16 hub model. The untrained
+copy stays in the dense dtype (its values come from there, so nothing is lost), and
+the fitness forward pass computes in the dense dtype under autocast.
 """
 
 from __future__ import annotations
@@ -33,10 +39,11 @@ class Workbench:
         plan, overrides = assemble(store, genome.attn, genome.mlp)
         self.model = shrink(dense, plan, overrides)
         self.model.config.use_cache = False
-        self.dtype = next(self.model.parameters()).dtype
+        self.source_dtype = next(self.model.parameters()).dtype
         self._pristine = {
             k: v.detach().clone() for k, v in self.model.state_dict().items()
         }
+        self.model.float()
 
     @torch.no_grad()
     def load(self, genome: Genome) -> nn.Module:
@@ -83,7 +90,11 @@ class Workbench:
             layer.resize(config, index, cache_idx=index)  # no KV cache in the search
         if state:
             # copy=True: unsliced tensors (norms) would otherwise alias the dense model
-            state = {k: v.to(device, self.dtype, copy=True) for k, v in state.items()}
-            layer.load_state_dict(state, strict=False, assign=True)
+            state = {
+                k: v.to(device, self.source_dtype, copy=True) for k, v in state.items()
+            }
+            # its own fp32 copy: the untrained one must not alias what trains
+            working = {k: v.to(torch.float32, copy=True) for k, v in state.items()}
+            layer.load_state_dict(working, strict=False, assign=True)
             for k, v in state.items():
-                self._pristine[prefix + k] = v.detach().clone()
+                self._pristine[prefix + k] = v

@@ -110,8 +110,12 @@ class TrainedKL:
         seq = self.pools.fitness.shape[1]
         device = next(model.parameters()).device
         total, count = 0.0, 0
+        dtype = self.bench.source_dtype  # fp32 weights, the dense model's compute
+        low_precision = dtype in (torch.bfloat16, torch.float16)
         for chunk in window_indices.split(self.config.eval_batch_size):
-            logits = model(self.pools.fitness[chunk].to(device), use_cache=False).logits
+            with torch.autocast(device.type, dtype, enabled=low_precision):
+                ids = self.pools.fitness[chunk].to(device)
+                logits = model(ids, use_cache=False).logits
             token_idx = (chunk[:, None] * seq + torch.arange(seq)).reshape(-1)
             targets = self.pools.targets[token_idx]
             kl = kl_divergence(targets, logits.reshape(-1, logits.shape[-1]))
