@@ -1,33 +1,46 @@
 """Text from anywhere -> fixed-length token windows.
 
 Sources: ``"python-docs"`` (the default local corpus), a hub dataset name (``"name"`` or
-``"name:config"``, loaded with ``datasets.load_dataset``), a ``datasets.Dataset``, or
+``"name:config"``, streamed with ``datasets.load_dataset``), a ``datasets.Dataset``, or
 local text files / a directory of them (split by file name, or by lines for a single
 file: see :func:`local_split`).
+
+Hub datasets are streamed, never downloaded whole, and read only as far as the windows
+asked for need: the paper's 2^23-2^24 calibration tokens or ~20M training tokens of
+FineWeb-Edu are a few percent of one pass.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import torch
 
 from darwin_modifier.data.corpus import SPLITS, corpus_split, split_of
 
-# Hub datasets: disjoint document ranges of the streamed "train" split, because many
-# pretraining corpora (FineWeb-Edu, ...) have no validation split.
-_HUB_RANGES = {
-    "calibration": (0, 10_000),
-    "train": (10_000, 30_000),
-    "heldout": (30_000, 32_000),
+# Hub datasets: the streamed "train" split (many pretraining corpora, FineWeb-Edu
+# among them, have no other), dealt out by document index so that the three splits
+# are disjoint whatever their sizes: of every 50 documents, 1 is held out, 15
+# calibrate and 34 train.
+_HUB_DEAL = 50
+_HUB_SHARES = {
+    "heldout": range(0, 1),
+    "calibration": range(1, 16),
+    "train": range(16, 50),
 }
+
+
+def hub_split(index: int) -> str:
+    """The split of a hub dataset's ``index``-th document."""
+    return next(s for s, r in _HUB_SHARES.items() if index % _HUB_DEAL in r)
 
 
 def load_texts(
     source, split: str = "calibration", text_column: str = "text"
-) -> list[str]:
-    """Documents of ``split`` from ``source`` (see the module docstring)."""
+) -> Sequence[str] | Iterator[str]:
+    """Documents of ``split`` from ``source`` (see the module docstring): a list, or
+    for a hub dataset a lazy stream (read only as far as it is consumed)."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
     if isinstance(source, str) and source == "python-docs":
@@ -41,8 +54,7 @@ def load_texts(
         dataset = datasets.load_dataset(
             name, config or None, split="train", streaming=True
         )
-        start, stop = _HUB_RANGES[split]
-        return _column(dataset.skip(start).take(stop - start), text_column, source)
+        return _stream(dataset, split, text_column, source)
     if isinstance(source, Sequence) and all(isinstance(t, str) for t in source):
         return list(source)
     return _column(source, text_column, type(source).__name__)
@@ -72,20 +84,27 @@ def local_split(path: Path, split: str) -> list[str]:
     return texts
 
 
+def _text(row, text_column: str, what: str) -> str:
+    if text_column not in row:
+        raise ValueError(
+            f"{what} has no column {text_column!r} (columns: {sorted(row)}); "
+            "pass text_column=..."
+        )
+    return row[text_column]
+
+
 def _column(rows, text_column: str, what: str) -> list[str]:
-    texts = []
-    for row in rows:
-        if text_column not in row:
-            raise ValueError(
-                f"{what} has no column {text_column!r} (columns: {sorted(row)}); "
-                "pass text_column=..."
-            )
-        texts.append(row[text_column])
-    return texts
+    return [_text(row, text_column, what) for row in rows]
+
+
+def _stream(rows: Iterable, split: str, text_column: str, what: str) -> Iterator[str]:
+    for index, row in enumerate(rows):
+        if hub_split(index) == split:
+            yield _text(row, text_column, what)
 
 
 def token_windows(
-    texts: list[str],
+    texts: Sequence[str] | Iterator[str],
     tokenizer,
     seq_len: int,
     num_windows: int | None = None,
@@ -93,14 +112,21 @@ def token_windows(
 ) -> torch.Tensor:
     """``[n, seq_len]`` token ids: documents joined by EOS and cut into windows.
 
-    With ``num_windows`` a seeded random subset is taken, so different budgets of the
-    same source draw from the whole corpus rather than its first files.
+    With ``num_windows`` a seeded random subset of a list's windows is taken, so
+    different budgets of the same source draw from the whole corpus rather than its
+    first files. A stream (hub datasets) is read until it holds ``num_windows``
+    windows, which are taken in order: the stream is already a sample.
     """
+    streamed = not isinstance(texts, Sequence)
+    if streamed and num_windows is None:
+        raise ValueError("a streamed dataset needs a window count (num_windows)")
     eos = tokenizer.eos_token_id
     ids: list[int] = []
     for text in texts:
         ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
         ids.append(eos)
+        if streamed and len(ids) >= num_windows * seq_len:
+            break
     total = len(ids) // seq_len
     if total == 0:
         raise ValueError(
@@ -115,5 +141,7 @@ def token_windows(
             "hold only "
             f"{total}; use fewer or shorter windows, or more text"
         )
+    if streamed:
+        return windows[:num_windows]
     order = torch.randperm(total, generator=torch.Generator().manual_seed(seed))
     return windows[order[:num_windows].sort().values]

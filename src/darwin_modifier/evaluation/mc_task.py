@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import random
 import re
+from collections.abc import Sequence
+from itertools import islice
 from pathlib import Path
 
 from darwin_modifier.artifacts.atomic import replacing
@@ -23,6 +25,7 @@ from darwin_modifier.data.windows import load_texts
 
 TASK_NAME = "darwinlm_docs_mc"
 NUM_CHOICES = 4
+_STREAMED_DOCUMENTS = 2_000
 
 _TASK_YAML = """\
 # Made by darwin_modifier.evaluation.mc_task: {num_items} items from the held-out
@@ -128,6 +131,8 @@ def write_task(
     directory = Path(directory).resolve()
     directory.mkdir(parents=True, exist_ok=True)
     texts = load_texts(source, "heldout", text_column)
+    if not isinstance(texts, Sequence):  # a hub stream: its first documents suffice
+        texts = list(islice(texts, _STREAMED_DOCUMENTS))
     items = build_items(texts, num_items, seed=seed)
     data_file = directory / f"{TASK_NAME}.jsonl"
     with replacing(data_file) as tmp:

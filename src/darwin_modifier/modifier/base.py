@@ -21,7 +21,12 @@ from darwin_modifier.artifacts import tokens_digest
 from darwin_modifier.database.assemble import assemble
 from darwin_modifier.modifier.inplace import shrink_in_place, undo_offloading
 from darwin_modifier.modifier.rules import refuse_quantization_in_same_pass
-from darwin_modifier.pipeline import DarwinLMConfig, open_database, search
+from darwin_modifier.pipeline import (
+    DarwinLMConfig,
+    check_calibration_memory,
+    open_database,
+    search,
+)
 
 __all__ = ["DarwinLMModifier"]
 
@@ -42,9 +47,9 @@ class DarwinLMModifier(Modifier, DarwinLMConfig):
     def on_initialize(self, state: State, **kwargs) -> bool:
         refuse_quantization_in_same_pass(self)  # quantization must be a later stage
         self._given_dtype = next(state.model.parameters()).dtype
-        self._store, self._builder = open_database(
-            state.model, self, _calibration_digest(state)
-        )
+        digest, tokens = _calibration_tokens(state)
+        check_calibration_memory(state.model, tokens)  # the pipeline caches them all
+        self._store, self._builder = open_database(state.model, self, digest)
         return True
 
     def on_calibration_start(self, state: State, event: Event, **kwargs) -> None:
@@ -77,13 +82,14 @@ class DarwinLMModifier(Modifier, DarwinLMConfig):
         return True
 
 
-def _calibration_digest(state: State) -> str:
-    """Order-independent hash of the calibration token ids (oneshot may shuffle)."""
+def _calibration_tokens(state: State) -> tuple[str, int]:
+    """Order-independent hash of the calibration token ids (oneshot may shuffle), and
+    their count."""
     loader = getattr(getattr(state, "data", None), "calib", None)
     if loader is None:
-        return "none"
+        return "none", 0
     rows = []
     for batch in loader:
         ids = batch["input_ids"] if isinstance(batch, dict) else batch[0]
         rows.extend(ids)
-    return tokens_digest(rows, ordered=False)
+    return tokens_digest(rows, ordered=False), sum(len(r) for r in rows)

@@ -8,7 +8,11 @@ their settings are :class:`DarwinLMConfig` and :class:`TrainingConfig`.
 """
 
 from darwin_modifier.pipeline.config import DarwinLMConfig, SizeTarget, TrainingConfig
-from darwin_modifier.pipeline.database import load_database, open_database
+from darwin_modifier.pipeline.database import (
+    check_calibration_memory,
+    load_database,
+    open_database,
+)
 from darwin_modifier.pipeline.search import (
     SearchOutcome,
     build_pools,
@@ -27,6 +31,7 @@ __all__ = [
     "build_pools",
     "load_database",
     "materialize",
+    "check_calibration_memory",
     "open_database",
     "plan_of",
     "search",
