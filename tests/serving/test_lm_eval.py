@@ -10,8 +10,6 @@ model must score above the sliced one.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 
 import pytest
@@ -19,7 +17,7 @@ import pytest
 pytest.importorskip("vllm")
 pytest.importorskip("lm_eval")
 
-from tests.serving.conftest import VLLM_CPU_ENV  # noqa: E402
+from tests.serving.conftest import run_checked  # noqa: E402
 
 ITEMS = 40
 MODEL_ARGS = {
@@ -34,16 +32,8 @@ def run_eval(backend: str, models: dict, out) -> dict:
         command += ["--model", f"{name}={path}"]
     command += ["--backend", backend, "--num-items", str(ITEMS)]
     command += ["--model-args", MODEL_ARGS[backend]]
-    run = subprocess.run(
-        command,
-        env={**os.environ, **VLLM_CPU_ENV},
-        capture_output=True,
-        text=True,
-        timeout=900,
-        stdin=subprocess.DEVNULL,
-    )
-    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-5000:]
-    assert "darwinlm_docs_mc" in run.stdout  # the printed table
+    output = run_checked(command, timeout=900)
+    assert "darwinlm_docs_mc" in output  # the printed table
     return json.loads((out / f"lm_eval_{backend}.json").read_text())
 
 

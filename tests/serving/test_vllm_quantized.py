@@ -47,6 +47,7 @@ import torch  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
 import darwin_modifier  # noqa: E402, F401  (the shrunk format's Auto classes)
+from tests.serving.conftest import run_checked  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 CUDA = torch.cuda.is_available()
@@ -295,15 +296,7 @@ def test_lm_eval_runs_quantized_darwinlm(checkpoints, tmp_path):
         command += ["--model", f"w8a8={checkpoints / scheme}", "--backend", backend]
         command += ["--num-items", "16", "--model-args", model_args]
         command += ["--out", str(tmp_path)]
-        run = subprocess.run(
-            command,
-            env={**os.environ, **ENV, "HF_DATASETS_OFFLINE": "1"},
-            capture_output=True,
-            text=True,
-            timeout=600,
-            stdin=subprocess.DEVNULL,
-        )
-        assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-5000:]
+        run_checked(command, timeout=600)
         table = json.loads((tmp_path / f"lm_eval_{backend}.json").read_text())
         result = table["models"]["w8a8"]["results"]["darwinlm_docs_mc"]
         assert result["n"] == 16 and 0 <= result["acc"] <= 1

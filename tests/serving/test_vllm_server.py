@@ -18,7 +18,7 @@ import pytest
 
 pytest.importorskip("vllm")
 
-from tests.serving.conftest import VLLM_CPU_ENV  # noqa: E402
+from tests.serving.conftest import VLLM_CPU_ENV, run_checked  # noqa: E402
 
 PROMPT = "The Python standard library provides"
 MAX_TOKENS = 24
@@ -101,15 +101,10 @@ def test_vllm_serve_matches_offline(smollm2_dense_and_sliced, tmp_path):
                 server.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 os.killpg(server.pid, 9)
-    offline = subprocess.run(
-        [sys.executable, "-c", OFFLINE, str(model), PROMPT, str(MAX_TOKENS)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=420,
+    offline = run_checked(
+        [sys.executable, "-c", OFFLINE, str(model), PROMPT, str(MAX_TOKENS)], 420
     )
-    assert offline.returncode == 0, offline.stderr[-4000:]
-    (line,) = [x for x in offline.stdout.splitlines() if x.startswith("RESULT ")]
+    (line,) = [x for x in offline.splitlines() if x.startswith("RESULT ")]
     expected = json.loads(line.removeprefix("RESULT "))["text"]
     assert served == expected
     assert len(served.split()) > 3  # real text, not an empty completion
@@ -125,18 +120,12 @@ def test_vllm_bench_runs_the_plugin_model(smollm2_dense_and_sliced, tmp_path):
     out = tmp_path / "throughput.json"
     command = [str(Path(sys.executable).with_name("vllm")), "bench", "throughput"]
     command += ["--model", str(model), "--dataset-name", "random", "--num-prompts", "4"]
-    command += ["--input-len", "32", "--output-len", "8", "--max-model-len", "64"]
+    command += ["--input-len", "32", "--output-len", "8", "--max-model-len", "128"]
+    command += ["--random-input-len", "32", "--random-output-len", "8"]
     command += ["--enforce-eager", "--seed", "0", "--output-json", str(out)]
-    run = subprocess.run(
-        command,
-        env={**os.environ, **VLLM_CPU_ENV},
-        capture_output=True,
-        text=True,
-        timeout=420,
-    )
-    assert run.returncode == 0, run.stderr[-4000:]
+    output = run_checked(command, timeout=420)
     result = json.loads(out.read_text())
     assert result["num_requests"] == 4
     assert result["total_num_tokens"] >= 4 * 8  # prompts + the 8 new tokens each
     assert result["tokens_per_second"] > 0
-    assert "DarwinLMLlamaForCausalLM" in run.stdout + run.stderr
+    assert "DarwinLMLlamaForCausalLM" in output
