@@ -56,8 +56,8 @@ class SizeTarget(BaseModel):
 class SaveDtype(BaseModel):
     """The dtype a step leaves the model in, which ``oneshot`` then saves.
 
-    ``auto`` keeps the dtype of the model the step was given (bf16 for hub models,
-    which oneshot loads in their own dtype). Set it to what you serve (vLLM serves
+    ``auto`` keeps the dtype of the model the step was given (oneshot loads a hub
+    checkpoint in its own dtype, bf16 for most). Set it to what you serve (vLLM serves
     bf16 by default) when the model came in another dtype, as the fp32 default model
     does: vLLM then loads the weights as they are, without a cast per tensor.
     """
