@@ -221,3 +221,22 @@ def test_light_training_moves_bf16_weights(tmp_path):
         .state_dict()["model.layers.0.mlp.up_proj.weight"]
         .equal(untrained["model.layers.0.mlp.up_proj.weight"])
     )  # restored exactly
+
+
+def test_light_training_sees_exactly_the_stage_tokens(setup, monkeypatch):
+    """16-token windows: a stage of 40 training tokens trains on 16 + 16 + 8."""
+    import darwin_modifier.search.fitness as fitness_module
+
+    model, store, budget, parent, pools = setup
+    seen = []
+    monkeypatch.setattr(
+        fitness_module, "train", lambda m, batches, optim: seen.append(batches)
+    )
+    config = SearchConfig(
+        generations=1, offspring=2, selection_stages=(Stage(1, 40, 16),)
+    )
+    TrainedKL(Workbench(model, store, parent), pools, config)(parent, 0, 0)
+    (batches,) = seen
+    assert [b.shape[1] for b in batches] == [16, 16, 8]
+    one_left = fitness_module._exactly(pools.train[:3], 33)  # 1 token: nothing to learn
+    assert [b.shape[1] for b in one_left] == [16, 16]

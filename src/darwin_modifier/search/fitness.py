@@ -69,6 +69,20 @@ def _windows(pool: torch.Tensor, tokens: int, seed: int) -> torch.Tensor:
     return order[:count].sort().values
 
 
+def _exactly(windows: torch.Tensor, tokens: int) -> list[torch.Tensor]:
+    """One window per step, the last cut short so that the stage trains on exactly
+    its ``train_tokens`` (whole windows would add up to a window per stage: the paper's
+    10K tokens at sequence 4096 would train on 12,288). A remainder of one token has
+    nothing to predict and is dropped."""
+    batches = list(windows.split(1))
+    keep = tokens - (len(batches) - 1) * windows.shape[1]  # tokens of the last one
+    if keep < 2:
+        batches.pop()
+    elif keep < windows.shape[1]:
+        batches[-1] = batches[-1][:, :keep]
+    return batches
+
+
 class TrainedKL:
     """Load, light-train (unless ``train=False``), KL on the stage's tokens."""
 
@@ -95,7 +109,9 @@ class TrainedKL:
                 stage.train_tokens,
                 self._seed(generation, stage_index, 0),
             )
-            train(model, self.pools.train[idx].split(1), self.optim)
+            train(
+                model, _exactly(self.pools.train[idx], stage.train_tokens), self.optim
+            )
         idx = _windows(
             self.pools.fitness,
             stage.fitness_tokens,
