@@ -65,17 +65,24 @@ torch.save(logits, sys.argv[2])
 """
 
 
-def test_trust_remote_code_load_without_the_package(saved, tmp_path_factory):
-    path, expected = saved
-    out = tmp_path_factory.mktemp("remote") / "logits.pt"
+def load_in_fresh_interpreter(script, checkpoint, tmp_path_factory):
+    """Run ``script CHECKPOINT OUT`` with stdin closed; (its stdout, saved logits)."""
+    out = tmp_path_factory.mktemp("fresh") / "logits.pt"
     result = subprocess.run(
-        [sys.executable, "-c", REMOTE_LOAD, str(path), str(out)],
+        [sys.executable, "-c", script, str(checkpoint), str(out)],
         capture_output=True,
         text=True,
+        stdin=subprocess.DEVNULL,
         cwd=tmp_path_factory.getbasetemp(),
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert torch.equal(torch.load(out), expected)
+    return result.stdout, torch.load(out)
+
+
+def test_trust_remote_code_load_without_the_package(saved, tmp_path_factory):
+    path, expected = saved
+    _, logits = load_in_fresh_interpreter(REMOTE_LOAD, path, tmp_path_factory)
+    assert torch.equal(logits, expected)
 
 
 # A fresh interpreter, as lm-eval or a user's script: transformers only, stdin closed
@@ -94,16 +101,8 @@ print(type(model).__module__, "llmcompressor" in sys.modules)
 def test_installed_package_loads_without_flags_or_import(saved, tmp_path_factory):
     """The start-up hook registers the Auto classes when transformers looks ours up."""
     path, expected = saved
-    out = tmp_path_factory.mktemp("plain") / "logits.pt"
-    result = subprocess.run(
-        [sys.executable, "-c", PLAIN_LOAD, str(path), str(out)],
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        cwd=tmp_path_factory.getbasetemp(),
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    module, llmcompressor_loaded = result.stdout.split()[-2:]
+    stdout, logits = load_in_fresh_interpreter(PLAIN_LOAD, path, tmp_path_factory)
+    module, llmcompressor_loaded = stdout.split()[-2:]
     assert module == "darwin_modifier.format.modeling_darwinlm"
     assert llmcompressor_loaded == "False"  # loading costs no compression imports
-    assert torch.equal(torch.load(out), expected)
+    assert torch.equal(logits, expected)
