@@ -75,6 +75,28 @@ def main(argv: list[str] | None = None) -> None:
     )
     evaluate.add_argument("--limit", type=int, help="items per task (lm-eval --limit)")
 
+    plan = commands.add_parser(
+        "plan",
+        help="peak memory of each phase of a recipe on a model, from its config.json "
+        "alone (no weights); exits 1, naming the setting to change, if it cannot fit",
+    )
+    plan.add_argument("--recipe", required=True)
+    plan.add_argument("--model", required=True, help="HF model id or directory")
+    plan.add_argument(
+        "--gpu-mem",
+        type=float,
+        help="GPU memory in GB as cards are labelled (80 for an H100, 141 for an "
+        "H200); default: this machine's GPU, or none (CPU)",
+    )
+    plan.add_argument(
+        "--host-mem",
+        type=float,
+        help="host memory in GB (default: what this machine has available)",
+    )
+    plan.add_argument("--num-samples", type=int, default=64)
+    plan.add_argument("--seq-len", type=int, default=512)
+    plan.add_argument("--json", help="also write the plan here")
+
     commands.add_parser(
         "fetch", help="fetch the embedded default model + corpus; print the model path"
     )
@@ -98,6 +120,8 @@ def main(argv: list[str] | None = None) -> None:
         _train(args)
     elif args.command == "eval":
         _evaluate(args, parser)
+    elif args.command == "plan":
+        sys.exit(_plan(args))
     elif args.command == "fetch":
         from darwin_modifier.data import fetch_corpus, fetch_default_model
 
@@ -133,6 +157,49 @@ def _train(args) -> None:
         seq_len=args.seq_len,
         text_column=args.text_column,
     )
+
+
+def _plan(args) -> int:
+    import json
+
+    from darwin_modifier.memory import ModelSpec, machine_capacity, plan_run, refusal
+    from darwin_modifier.modifier.chain import split_stages
+
+    darwin = training = None
+    for stage in split_stages(args.recipe):
+        for modifier in stage.modifiers:
+            role = getattr(type(modifier), "darwinlm_role", None)
+            if role == "prune":
+                darwin = modifier
+            elif role == "train":
+                training = modifier
+    if darwin is None and training is None:
+        print(f"{args.recipe}: no DarwinLM modifier, nothing to plan", file=sys.stderr)
+        return 2
+    spec = ModelSpec.from_pretrained(args.model)
+    device, gpu, host = machine_capacity()
+    if args.gpu_mem is not None:
+        device, gpu = "cuda", int(args.gpu_mem * 1e9)
+    if args.host_mem is not None:
+        host = int(args.host_mem * 1e9)
+    run = dict(
+        calibration_tokens=args.num_samples * args.seq_len,
+        calibration_seq_len=args.seq_len,
+        device=device,
+        device_capacity=gpu,
+        host_capacity=host,
+    )
+    plan = plan_run(spec, darwin, training, **run)
+    print(plan.table())
+    reason = refusal(plan, spec, darwin, training, **run)
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump({**plan.to_dict(), "refusal": reason}, out, indent=1)
+    if reason:
+        print(f"does not fit: {reason}", file=sys.stderr)
+        return 1
+    print("fits")
+    return 0
 
 
 def _evaluate(args, parser) -> None:

@@ -223,6 +223,25 @@ def test_light_training_moves_bf16_weights(tmp_path):
     )  # restored exactly
 
 
+def test_frozen_embeddings_stay_in_the_dense_dtype_off_the_untrained_copy(tmp_path):
+    """train_embeddings=False: the embeddings keep the bf16 of the dense model (no
+    fp32 copy, no untrained copy); the blocks train in fp32 and are restored."""
+    dense = tiny_model("llama", tie_word_embeddings=False).to(torch.bfloat16)
+    store = random_store(dense, tmp_path / "db")
+    parent = initial_genome(Budget.from_store(store), level=2)
+    bench = Workbench(dense, store, parent, train_embeddings=False)
+    model = bench.load(parent)
+    assert model.lm_head.weight.dtype == torch.bfloat16
+    assert model.model.embed_tokens.weight.dtype == torch.bfloat16
+    assert model.model.layers[0].mlp.up_proj.weight.dtype == torch.float32
+    assert not any(
+        k.endswith(("embed_tokens.weight", "lm_head.weight")) for k in bench._pristine
+    )
+    before = model.model.layers[0].mlp.up_proj.weight.clone()
+    model.model.layers[0].mlp.up_proj.weight.data.add_(1.0)
+    assert bench.load(parent).model.layers[0].mlp.up_proj.weight.equal(before)
+
+
 def test_light_training_sees_exactly_the_stage_tokens(setup, monkeypatch):
     """16-token windows: a stage of 40 training tokens trains on 16 + 16 + 8."""
     import darwin_modifier.search.fitness as fitness_module

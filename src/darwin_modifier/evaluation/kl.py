@@ -26,11 +26,11 @@ and large vocabularies need no more than a few fp32 temporaries of ``chunk x voc
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 CHUNK_ELEMENTS = 1 << 24  # per fp32 temporary: 64 MiB
 
@@ -132,8 +132,27 @@ def _flat(logits: Tensor) -> Tensor:
     return logits.reshape(-1, logits.shape[-1])
 
 
+def tokens_per_chunk(vocab: int) -> int:
+    """Tokens whose ``[tokens, vocab]`` fp32 temporary holds ``CHUNK_ELEMENTS``."""
+    return max(1, CHUNK_ELEMENTS // vocab)
+
+
 def _chunk(vocab: int, chunk_tokens: int | None) -> int:
-    return chunk_tokens if chunk_tokens else max(1, CHUNK_ELEMENTS // vocab)
+    return chunk_tokens if chunk_tokens else tokens_per_chunk(vocab)
+
+
+def chunked_logits(model: nn.Module, ids: Tensor) -> Iterator[tuple[int, Tensor]]:
+    """(first token, ``[chunk, vocab]`` logits) over the flattened tokens of ``ids``.
+
+    The LM head runs one chunk at a time, so the logits never exist whole: 4 windows
+    x 4096 tokens x 128K vocabulary would be 4 GB in bf16, before any fp32 copy.
+    """
+    hidden = model.base_model(ids, use_cache=False).last_hidden_state
+    flat = hidden.reshape(-1, hidden.shape[-1])
+    head = model.get_output_embeddings()
+    step = tokens_per_chunk(model.config.vocab_size)
+    for start in range(0, len(flat), step):
+        yield start, head(flat[start : start + step])
 
 
 def dense_targets(

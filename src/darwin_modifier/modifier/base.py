@@ -19,14 +19,10 @@ from loguru import logger
 
 from darwin_modifier.artifacts import tokens_digest
 from darwin_modifier.database.assemble import assemble
+from darwin_modifier.memory import check_run
 from darwin_modifier.modifier.inplace import shrink_in_place, undo_offloading
 from darwin_modifier.modifier.rules import refuse_quantization_in_same_pass
-from darwin_modifier.pipeline import (
-    DarwinLMConfig,
-    check_calibration_memory,
-    open_database,
-    search,
-)
+from darwin_modifier.pipeline import DarwinLMConfig, open_database, search
 
 __all__ = ["DarwinLMModifier"]
 
@@ -47,8 +43,8 @@ class DarwinLMModifier(Modifier, DarwinLMConfig):
     def on_initialize(self, state: State, **kwargs) -> bool:
         refuse_quantization_in_same_pass(self)  # quantization must be a later stage
         self._given_dtype = next(state.model.parameters()).dtype
-        digest, tokens = _calibration_tokens(state)
-        check_calibration_memory(state.model, tokens)  # the pipeline caches them all
+        digest, tokens, longest = _calibration_tokens(state)
+        check_run(state.model, self, tokens, longest)  # refuse what cannot fit
         self._store, self._builder = open_database(state.model, self, digest)
         return True
 
@@ -82,14 +78,15 @@ class DarwinLMModifier(Modifier, DarwinLMConfig):
         return True
 
 
-def _calibration_tokens(state: State) -> tuple[str, int]:
-    """Order-independent hash of the calibration token ids (oneshot may shuffle), and
-    their count."""
+def _calibration_tokens(state: State) -> tuple[str, int, int]:
+    """Order-independent hash of the calibration token ids (oneshot may shuffle),
+    their count and the longest sample's."""
     loader = getattr(getattr(state, "data", None), "calib", None)
     if loader is None:
-        return "none", 0
+        return "none", 0, 0
     rows = []
     for batch in loader:
         ids = batch["input_ids"] if isinstance(batch, dict) else batch[0]
         rows.extend(ids)
-    return tokens_digest(rows, ordered=False), sum(len(r) for r in rows)
+    lengths = [len(r) for r in rows]
+    return tokens_digest(rows, ordered=False), sum(lengths), max(lengths, default=0)

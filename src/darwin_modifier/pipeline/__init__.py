@@ -8,11 +8,7 @@ their settings are :class:`DarwinLMConfig` and :class:`TrainingConfig`.
 """
 
 from darwin_modifier.pipeline.config import DarwinLMConfig, SizeTarget, TrainingConfig
-from darwin_modifier.pipeline.database import (
-    check_calibration_memory,
-    load_database,
-    open_database,
-)
+from darwin_modifier.pipeline.database import load_database, open_database
 from darwin_modifier.pipeline.search import (
     SearchOutcome,
     build_pools,
@@ -29,7 +25,6 @@ __all__ = [
     "TrainingConfig",
     "TrainingData",
     "build_pools",
-    "check_calibration_memory",
     "load_database",
     "materialize",
     "open_database",

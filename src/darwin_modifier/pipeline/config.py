@@ -77,11 +77,13 @@ class DarwinLMConfig(SizeTarget, DatabaseConfig, SearchConfig, SaveDtype):
 
     @model_validator(mode="after")
     def _target_level_keeps_something(self) -> DarwinLMConfig:
-        if self.target_level is not None and self.target_level >= self.num_levels - 1:
+        _, level = self.resolve(1)
+        if level is not None and level >= self.num_levels - 1:
+            given = "target_level" if self.target_level is not None else "the default"
             raise ValueError(
-                f"target_level {self.target_level} removes every block (the last level "
-                f"of {self.num_levels} is removal); choose a level below "
-                f"{self.num_levels - 1}"
+                f"{given} {level} removes every block (the last level of "
+                f"{self.num_levels} is removal); set target_level below "
+                f"{self.num_levels - 1} or give target_fraction"
             )
         return self
 

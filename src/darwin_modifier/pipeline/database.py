@@ -41,33 +41,6 @@ def open_database(
     return store, DatabaseBuilder(model, store, config.gqa_mode, config.damp)
 
 
-def check_calibration_memory(
-    model: nn.Module, tokens: int, available: int | None = None
-) -> int:
-    """Refuse a calibration whose activation cache cannot fit in host memory.
-
-    LLM Compressor's sequential pipeline keeps every calibration sample's hidden states
-    between layers on the CPU (``sequential_offload_device``): tokens x hidden size x
-    the model's element size (2^24 tokens of an 8B model: 137 GB). Better refused now
-    than swapping or killed hours into the build. Returns the estimate in bytes.
-    """
-    import psutil
-
-    parameter = next(model.parameters())
-    need = tokens * model.config.hidden_size * parameter.element_size()
-    available = psutil.virtual_memory().available if available is None else available
-    if need > 0.9 * available:
-        raise ValueError(
-            f"calibration needs about {need / 2**30:.1f} GiB of host memory for "
-            f"LLM Compressor's activation cache ({tokens:,} tokens x hidden "
-            f"{model.config.hidden_size} x {parameter.element_size()} bytes), more "
-            f"than the {available / 2**30:.1f} GiB available: lower "
-            "num_calibration_samples (or max_seq_length), or use a machine with "
-            "more memory"
-        )
-    return need
-
-
 def load_database(database_dir: str | Path, config=None) -> DatabaseStore:
     """A complete database (with a model ``config``: refused if built for another
     model)."""

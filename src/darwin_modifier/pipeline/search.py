@@ -94,8 +94,19 @@ def search(
     if config.generations > 0:
         if tokenizer is None:
             tokenizer = AutoTokenizer.from_pretrained(model.config._name_or_path)
+        device = next(model.parameters()).device
         pools = build_pools(config, model, tokenizer)
-        bench = Workbench(model, store, parent)
+        if device.type != "cpu":
+            # the dense targets are cached: from here on the dense weights are only
+            # the source of block slices, which host memory serves as well
+            model.to("cpu")
+        bench = Workbench(
+            model,
+            store,
+            parent,
+            device=device,
+            train_embeddings=config.train_embeddings,
+        )
         result = run_search(
             bench,
             budget,
@@ -108,6 +119,7 @@ def search(
         )
         best, history = result.best, result.history
         del bench
+        model.to(device)
     outcome = SearchOutcome(parent, best, history)
     write_report(Path(config.search_dir), store, outcome.uniform, best, history)
     return outcome

@@ -12,6 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from darwin_modifier.training.config import OptimConfig
+
 
 @dataclass(frozen=True)
 class Stage:
@@ -85,6 +87,9 @@ class SearchConfig(BaseModel):
     fitness_pool_tokens: int = Field(default=100_000, ge=1)
     train_pool_tokens: int = Field(default=500_000, ge=0)
     eval_batch_size: int = Field(default=4, ge=1)
+    # the light training's memory: see training.config.OptimConfig
+    gradient_checkpointing: bool = False
+    train_embeddings: bool = True
 
     @model_validator(mode="after")
     def _stages_can_run(self) -> SearchConfig:
@@ -96,3 +101,11 @@ class SearchConfig(BaseModel):
         settings = self.model_dump(include=set(SearchConfig.model_fields))
         settings["selection_stages"] = [s.to_dict() for s in self.selection_stages]
         return settings
+
+    def light_training(self) -> OptimConfig:
+        """The optimizer settings every candidate is trained with."""
+        return OptimConfig(
+            learning_rate=self.learning_rate,
+            gradient_checkpointing=self.gradient_checkpointing,
+            train_embeddings=self.train_embeddings,
+        )

@@ -48,7 +48,7 @@ def search_identity(
     fitness, the database it draws blocks from, its token pools, its first parent and
     its budget. Not the number of generations: more of them continue the search."""
     settings = config.search_settings()
-    for key in ("generations", "eval_batch_size"):
+    for key in ("generations", "eval_batch_size", "gradient_checkpointing"):
         settings.pop(key)
     if config.fitness != "topk_kl":
         settings.pop("fitness_topk")  # unused

@@ -19,11 +19,15 @@ from dataclasses import dataclass
 import torch
 
 from darwin_modifier.artifacts import digest, tokens_digest
-from darwin_modifier.evaluation.kl import DenseTargets, dense_targets, kl_divergence
+from darwin_modifier.evaluation.kl import (
+    DenseTargets,
+    chunked_logits,
+    dense_targets,
+    kl_per_token,
+)
 from darwin_modifier.search.candidates import Workbench
 from darwin_modifier.search.config import SearchConfig
 from darwin_modifier.search.genome import Genome
-from darwin_modifier.training.config import OptimConfig
 from darwin_modifier.training.trainer import train
 
 # fitness(genome, generation, stage_index) -> fitness (lower is better)
@@ -47,8 +51,8 @@ class Pools:
         parts = []
         with torch.no_grad():
             for batch in fitness_windows.split(batch_size):
-                logits = dense(batch.to(dense.device), use_cache=False).logits
-                parts.append(dense_targets(logits.reshape(-1, logits.shape[-1]), topk))
+                for _, logits in chunked_logits(dense, batch.to(dense.device)):
+                    parts.append(dense_targets(logits, topk))
         return cls(train_windows, fitness_windows, DenseTargets.cat(parts))
 
     def digest(self) -> str:
@@ -91,7 +95,7 @@ class TrainedKL:
     ):
         self.bench, self.pools, self.config = bench, pools, config
         self.train = train
-        self.optim = OptimConfig(learning_rate=config.learning_rate)
+        self.optim = config.light_training()
 
     def identity(self) -> dict:
         """Which fitness a search state was scored with (a resume must not switch)."""
@@ -129,14 +133,15 @@ class TrainedKL:
         dtype = self.bench.source_dtype  # fp32 weights, the dense model's compute
         low_precision = dtype in (torch.bfloat16, torch.float16)
         for chunk in window_indices.split(self.config.eval_batch_size):
-            with torch.autocast(device.type, dtype, enabled=low_precision):
-                ids = self.pools.fitness[chunk].to(device)
-                logits = model(ids, use_cache=False).logits
             token_idx = (chunk[:, None] * seq + torch.arange(seq)).reshape(-1)
-            targets = self.pools.targets[token_idx]
-            kl = kl_divergence(targets, logits.reshape(-1, logits.shape[-1]))
-            total += float(kl) * len(token_idx)
-            count += len(token_idx)
+            ids = self.pools.fitness[chunk].to(device)
+            with torch.autocast(
+                device.type, dtype, enabled=low_precision, cache_enabled=False
+            ):
+                for start, logits in chunked_logits(model, ids):
+                    targets = self.pools.targets[token_idx[start : start + len(logits)]]
+                    total += float(kl_per_token(targets, logits).sum())
+                    count += len(logits)
         return total / count
 
 

@@ -6,18 +6,36 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
-from darwin_modifier.evaluation.kl import dense_targets, kl_divergence
+from darwin_modifier.evaluation.kl import dense_targets, kl_divergence, tokens_per_chunk
 
 LossFn = Callable[[nn.Module, torch.Tensor], torch.Tensor]
 
 
 def causal_lm_loss(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy of ``ids`` (``[batch, seq]``)."""
-    logits = model(ids, use_cache=False).logits[:, :-1].float()
-    return nn.functional.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1)
-    )
+    """Mean next-token cross-entropy of ``ids`` (``[batch, seq]``).
+
+    The LM head and the loss run over chunks of tokens, each recomputed in the
+    backward pass, so one chunk's logits exist at a time: whole, at 4096 tokens x 128K
+    vocabulary, the logits with their fp32 copy, log-softmax and gradient take ~8 GB.
+    A sequence that fits in one chunk (the CPU demo's) is computed directly.
+    """
+    hidden = model.base_model(ids, use_cache=False).last_hidden_state[:, :-1]
+    flat = hidden.reshape(-1, hidden.shape[-1])
+    labels = ids[:, 1:].reshape(-1)
+    head = model.get_output_embeddings()
+
+    def summed(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits = head(h).float()
+        return nn.functional.cross_entropy(logits, y, reduction="sum")
+
+    step = tokens_per_chunk(model.config.vocab_size)
+    if len(labels) <= step:
+        return summed(flat, labels) / len(labels)
+    chunks = zip(flat.split(step), labels.split(step), strict=True)
+    total = sum(checkpoint(summed, h, y, use_reentrant=False) for h, y in chunks)
+    return total / len(labels)
 
 
 def distillation_loss(

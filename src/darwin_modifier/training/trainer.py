@@ -44,9 +44,24 @@ class Trainer:
     ):
         settings = settings or OptimConfig()
         self.model, self.settings, self.loss_fn = model, settings, loss_fn
-        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.frozen = (
+            []
+            if settings.train_embeddings
+            else [p for p in embedding_parameters(model) if p.requires_grad]
+        )
+        frozen = {id(p) for p in self.frozen}
+        self.params = [
+            p for p in model.parameters() if p.requires_grad and id(p) not in frozen
+        ]
+        if settings.gradient_checkpointing:
+            model.gradient_checkpointing_enable({"use_reentrant": False})
+        # fused: one kernel over all parameters, without foreach's full-size
+        # temporaries (an fp32 copy of every parameter at the sqrt step)
         self.optimizer = torch.optim.AdamW(
-            self.params, lr=settings.learning_rate, weight_decay=settings.weight_decay
+            self.params,
+            lr=settings.learning_rate,
+            weight_decay=settings.weight_decay,
+            fused=_fused_supported(self.params),
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: _lr_factor(step, total_steps, settings)
@@ -57,11 +72,22 @@ class Trainer:
     def train_step(self, ids: torch.Tensor) -> float:
         device = next(self.model.parameters()).device
         self.model.train()
-        with torch.autocast(
-            device.type, torch.bfloat16, enabled=self.settings.bf16_autocast
-        ):
-            loss = self.loss_fn(self.model, ids.to(device))
-        loss.backward()
+        for p in self.frozen:  # no gradient is computed or stored for them
+            p.requires_grad_(False)
+        try:
+            # cache_enabled=False: the autocast cache would hold a bf16 copy of
+            # every fp32 weight until the forward ends (2 bytes per parameter)
+            with torch.autocast(
+                device.type,
+                torch.bfloat16,
+                enabled=self.settings.bf16_autocast,
+                cache_enabled=False,
+            ):
+                loss = self.loss_fn(self.model, ids.to(device))
+            loss.backward()
+        finally:
+            for p in self.frozen:
+                p.requires_grad_(True)
         if self.settings.max_grad_norm is not None:
             nn.utils.clip_grad_norm_(self.params, self.settings.max_grad_norm)
         self.optimizer.step()
@@ -96,6 +122,21 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = state["step"]
+
+
+def embedding_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The input embeddings and the LM head (one matrix when tied)."""
+    found: dict[int, nn.Parameter] = {}
+    for module in (model.get_input_embeddings(), model.get_output_embeddings()):
+        for p in module.parameters() if module is not None else ():
+            found[id(p)] = p
+    return list(found.values())
+
+
+def _fused_supported(params: list[nn.Parameter]) -> bool:
+    return bool(params) and all(
+        p.is_floating_point() and p.device.type in ("cuda", "cpu") for p in params
+    )
 
 
 def train(
