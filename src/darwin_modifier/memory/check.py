@@ -47,8 +47,8 @@ class MemoryPlan:
             return max((p.device_bytes + p.host_bytes for p in self.phases), default=0)
         return max((p.host_bytes for p in self.phases), default=0)
 
-    def fits_device(self, capacity: int | None = None) -> bool:
-        capacity = self.device_capacity if capacity is None else capacity
+    def fits_device(self) -> bool:
+        capacity = self.device_capacity
         if self.device == "cpu" or capacity is None:
             return True
         return self.device_peak() * (1 + FRAGMENTATION) + CUDA_RESERVE <= capacity

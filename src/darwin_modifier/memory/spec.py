@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from darwin_modifier.plan import DenseShape
+from darwin_modifier.plan import DenseShape, Plan
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class ModelSpec:
 
     @property
     def element_size(self) -> int:
-        return torch.empty((), dtype=self.dtype).element_size()
+        return self.dtype.itemsize
 
     @property
     def embedding_params(self) -> int:
@@ -34,8 +34,6 @@ class ModelSpec:
     @property
     def other_params(self) -> int:
         """Neither decoder blocks nor embeddings (the final norm)."""
-        from darwin_modifier.plan import Plan
-
         blocks = Plan.dense(self.shape).block_params()
         return self.total_params - blocks - self.embedding_params
 
