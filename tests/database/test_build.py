@@ -137,9 +137,9 @@ def test_build_is_obs_on_the_dense_hessians(databases, gqa_mode, tiny_dir, texts
         o, down = layer.self_attn.o_proj, layer.mlp.down_proj
         levels, stats = prune_layer(
             o.weight.data,
-            acc.pop(o),
+            acc.pop(o)[0],
             down.weight.data,
-            acc.pop(down),
+            acc.pop(down)[0],
             store.shape,
             store.ladders,
             gqa_mode,
@@ -164,19 +164,19 @@ def test_interrupted_build_resumes_to_the_same_database(
 ):
     """Killed after two layers, the rebuild keeps them and writes the rest, exactly."""
     ref_root, _ = databases(gqa_mode)
-    original = DatabaseStore.write_layer
+    original = DatabaseStore.write_layer_file
     written = []
 
-    def dying_write_layer(self, index, levels, stats):
+    def dying_write_layer(self, index, levels):
         if len(written) == 2:
             raise RuntimeError("simulated kill")
-        original(self, index, levels, stats)
+        original(self, index, levels)
         written.append(index)
 
-    monkeypatch.setattr(DatabaseStore, "write_layer", dying_write_layer)
+    monkeypatch.setattr(DatabaseStore, "write_layer_file", dying_write_layer)
     with pytest.raises(RuntimeError, match="simulated kill"):
         build(tiny_dir, tmp_path, texts, gqa_mode=gqa_mode)
-    monkeypatch.setattr(DatabaseStore, "write_layer", original)
+    monkeypatch.setattr(DatabaseStore, "write_layer_file", original)
     partial = DatabaseStore.open(tmp_path / "db")
     assert partial.done_layers() == {0, 1} and not partial.is_complete()
     with pytest.raises(ValueError, match=r"layers \[2, 3\] are missing"):

@@ -27,14 +27,23 @@ def digest(value) -> str:
 def tokens_digest(rows: Iterable[torch.Tensor], ordered: bool = True) -> str:
     """Hash of token-id rows, with their count; ``ordered=False`` ignores the order
     (oneshot may shuffle calibration samples)."""
-    digests = [
+    return combine_row_digests(row_digests(rows), ordered)
+
+
+def row_digests(rows: Iterable[torch.Tensor]) -> list[str]:
+    """One hash per row: what ranks exchange to name all ranks' tokens at once."""
+    return [
         hashlib.sha256(
             torch.as_tensor(row).to(torch.int64).numpy().tobytes()
         ).hexdigest()
         for row in rows
     ]
+
+
+def combine_row_digests(digests: list[str], ordered: bool = True) -> str:
+    """:func:`tokens_digest` of the rows the ``digests`` came from."""
     if not ordered:
-        digests.sort()
+        digests = sorted(digests)
     return hashlib.sha256("".join(digests).encode()).hexdigest()[:16] + (
         f"-{len(digests)}"
     )

@@ -31,12 +31,12 @@ class HessianAccumulator:
             args[0].detach(), module, self.hessians[module], self.samples[module]
         )
 
-    def pop(self, module: nn.Module) -> torch.Tensor:
-        """The finished Hessian of ``module``; frees its memory here."""
+    def pop(self, module: nn.Module) -> tuple[torch.Tensor, int]:
+        """The finished Hessian of ``module`` and its sample count; frees its memory
+        here."""
         if module not in self.hessians:
             raise RuntimeError(
                 "no calibration data reached this module; "
                 "is it part of the forward pass?"
             )
-        self.samples.pop(module)
-        return self.hessians.pop(module)
+        return self.hessians.pop(module), self.samples.pop(module)

@@ -26,6 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from darwin_modifier.artifacts import digest, replacing, require_same, write_json
+from darwin_modifier.distributed import is_main
 from darwin_modifier.plan import DenseShape
 
 FORMAT_VERSION = 1
@@ -135,6 +136,12 @@ class DatabaseStore:
     ) -> None:
         """Store one layer: ``levels[module]`` lists ``(count, kept, weight)`` per
         level."""
+        self.write_layer_file(index, levels)
+        self.record_layers({index: stats})
+
+    def write_layer_file(self, index: int, levels: dict[str, list]) -> None:
+        """The layer's tensors, not yet in the manifest (a resume rebuilds them until
+        :meth:`record_layers` lists the layer)."""
         tensors: dict[str, torch.Tensor] = {}
         for module, entries in levels.items():
             total = self.ladders[module][0]
@@ -149,8 +156,15 @@ class DatabaseStore:
         with replacing(self._layer_path(index)) as partial:
             save_file(tensors, partial)
         self._handles.pop(index, None)
-        self.manifest["layers"][str(index)] = stats
-        self._write_manifest()
+
+    def record_layers(self, stats: dict[int, dict]) -> None:
+        """List written layers in the manifest. Every rank keeps the same manifest in
+        memory; only the main rank writes it."""
+        for index in sorted(stats):
+            self._handles.pop(index, None)
+            self.manifest["layers"][str(index)] = stats[index]
+        if stats and is_main():
+            self._write_manifest()
 
     def _write_manifest(self) -> None:
         write_json(self.root / "manifest.json", self.manifest)

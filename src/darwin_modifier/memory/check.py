@@ -195,14 +195,20 @@ def machine_capacity(model_bytes_loaded: int = 0) -> tuple[str, int | None, int]
     """(device kind, GPU bytes or None, host bytes) of this machine.
 
     ``model_bytes_loaded``: host memory the model already holds, which each phase
-    counts but psutil no longer reports as available.
+    counts but psutil no longer reports as available. Under torchrun the ranks of a
+    node share its host memory: each gets its share of what is available, and its own
+    GPU.
     """
+    import os
+
     import psutil
     import torch
 
-    host = psutil.virtual_memory().available + model_bytes_loaded
+    ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    host = psutil.virtual_memory().available // ranks_here + model_bytes_loaded
     if torch.cuda.is_available():
-        return "cuda", torch.cuda.get_device_properties(0).total_memory, host
+        gpu = torch.cuda.get_device_properties(torch.cuda.current_device())
+        return "cuda", gpu.total_memory, host
     return "cpu", None, host
 
 

@@ -17,8 +17,9 @@ from llmcompressor.core import Event, State
 from llmcompressor.modifiers import Modifier
 from loguru import logger
 
-from darwin_modifier.artifacts import tokens_digest
+from darwin_modifier.artifacts import combine_row_digests, row_digests
 from darwin_modifier.database.assemble import assemble
+from darwin_modifier.distributed import gather_objects, require_process_group
 from darwin_modifier.memory import check_run
 from darwin_modifier.modifier.inplace import shrink_in_place, undo_offloading
 from darwin_modifier.modifier.rules import refuse_quantization_in_same_pass
@@ -42,6 +43,7 @@ class DarwinLMModifier(Modifier, DarwinLMConfig):
 
     def on_initialize(self, state: State, **kwargs) -> bool:
         refuse_quantization_in_same_pass(self)  # quantization must be a later stage
+        require_process_group()  # torchrun without one would duplicate everything
         self._given_dtype = next(state.model.parameters()).dtype
         digest, tokens, longest = _calibration_tokens(state)
         check_run(state.model, self, tokens, longest)  # refuse what cannot fit
@@ -79,8 +81,9 @@ class DarwinLMModifier(Modifier, DarwinLMConfig):
 
 
 def _calibration_tokens(state: State) -> tuple[str, int, int]:
-    """Order-independent hash of the calibration token ids (oneshot may shuffle),
-    their count and the longest sample's."""
+    """Order-independent hash of the calibration token ids of all ranks (oneshot may
+    shuffle; torchrun splits them), and this rank's token count and longest sample
+    (what its own activation cache holds)."""
     loader = getattr(getattr(state, "data", None), "calib", None)
     if loader is None:
         return "none", 0, 0
@@ -89,4 +92,30 @@ def _calibration_tokens(state: State) -> tuple[str, int, int]:
         ids = batch["input_ids"] if isinstance(batch, dict) else batch[0]
         rows.extend(ids)
     lengths = [len(r) for r in rows]
-    return tokens_digest(rows, ordered=False), sum(lengths), max(lengths, default=0)
+    shares = gather_objects(row_digests(rows))
+    _refuse_repeated_shares(shares)
+    digests = [d for share in shares for d in share]
+    return (
+        combine_row_digests(digests, ordered=False),
+        sum(lengths),
+        max(lengths, default=0),
+    )
+
+
+def _refuse_repeated_shares(shares: list[list[str]]) -> None:
+    """Refuse ranks that calibrate on the same samples. LLM Compressor 0.14 partitions
+    a dataset that is identical on every rank with a sampler over the partition's own
+    indices, so every rank reads the first 1/world of the data (seen here on gloo)."""
+    seen: dict[tuple, int] = {}
+    for rank, share in enumerate(shares):
+        key = tuple(sorted(share))
+        if key in seen:
+            raise ValueError(
+                f"ranks {seen[key]} and {rank} calibrate on the same samples "
+                "(LLM Compressor 0.14 gives every rank the first part of a dataset "
+                "that is identical on all ranks); give oneshot each rank's own share, "
+                "e.g. "
+                "dataset.shard(world_size, rank, contiguous=True), as "
+                "darwin-modifier compress does"
+            )
+        seen[key] = rank

@@ -21,6 +21,13 @@ from llmcompressor.modifiers import Modifier
 from llmcompressor.recipe import Recipe
 
 from darwin_modifier.data.calibration import calibration_dataset
+from darwin_modifier.distributed import (
+    barrier,
+    init_from_env,
+    is_main,
+    rank,
+    world_size,
+)
 from darwin_modifier.modifier.rules import calibration_changes_weights, check_stages
 
 __all__ = ["oneshot_stages", "run_oneshot_stages", "split_stages"]
@@ -118,9 +125,11 @@ def oneshot_stages(
             kwargs["processor"] = run.processor
             if stage_dir is not None:
                 model.config._name_or_path = str(stage_dir)
-                _write_recipe_history(
-                    stages[: i + 1], source_recipe, Path(stage_dir) / "recipe.yaml"
-                )
+                if is_main():  # oneshot saves on the main rank only
+                    _write_recipe_history(
+                        stages[: i + 1], source_recipe, Path(stage_dir) / "recipe.yaml"
+                    )
+                barrier()
         if output_dir is None and model.config._name_or_path.startswith(bridge):
             model.config._name_or_path = ""
     return model
@@ -145,10 +154,13 @@ def run_oneshot_stages(
     """
     from transformers import AutoTokenizer
 
+    init_from_env()  # under torchrun: join the process group (gloo on CPU)
     tokenizer = AutoTokenizer.from_pretrained(model)
     data = calibration_dataset(
         tokenizer, dataset, num_samples, seq_len, seed, text_column
     )
+    if world_size() > 1:  # each rank its own share (see DarwinLMModifier's check)
+        data = data.shard(world_size(), rank(), contiguous=True)
     return oneshot_stages(
         str(model),
         recipe,

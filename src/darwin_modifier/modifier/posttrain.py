@@ -16,6 +16,7 @@ from typing import ClassVar
 from llmcompressor.core import State
 from llmcompressor.modifiers import Modifier
 
+from darwin_modifier.distributed import refuse_distributed
 from darwin_modifier.modifier.inplace import undo_offloading
 from darwin_modifier.modifier.rules import (
     check_training_order,
@@ -41,6 +42,11 @@ class DarwinLMTrainingModifier(Modifier, TrainingConfig):
         from llmcompressor.core import active_session
 
         refuse_quantization_in_same_pass(self)  # it would calibrate untrained weights
+        refuse_distributed(
+            "post-training (DarwinLMTrainingModifier)",
+            "run the training stage in one process (darwin-modifier train --model "
+            "<the pruned checkpoint>), after the DarwinLM stage under torchrun",
+        )
         check_training_order(active_session().lifecycle.recipe.modifiers or [])
         self.check_teacher()
         # Text and tokenizer now, so that a bad source fails before any calibration.

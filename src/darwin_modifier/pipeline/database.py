@@ -12,6 +12,7 @@ from torch import nn
 
 from darwin_modifier.database.build import DatabaseBuilder
 from darwin_modifier.database.store import DatabaseStore
+from darwin_modifier.distributed import barrier, is_main
 from darwin_modifier.families import family_of
 from darwin_modifier.pipeline.config import DarwinLMConfig
 from darwin_modifier.plan import DenseShape
@@ -22,8 +23,8 @@ def open_database(
 ) -> tuple[DatabaseStore, DatabaseBuilder]:
     """Resume or start the database of ``model`` at ``config.database_dir``.
 
-    ``calibration`` identifies the calibration tokens. Unsupported architectures and
-    infeasible targets fail here, before any calibration.
+    ``calibration`` identifies the calibration tokens (of all ranks). Unsupported
+    architectures and infeasible targets fail here, before any calibration.
     """
     family_of(model.config)
     shape = DenseShape.from_config(model.config)
@@ -37,7 +38,12 @@ def open_database(
         "dtype": str(next(model.parameters()).dtype),
         "storage_dtype": config.database_dtype,
     }
-    store = DatabaseStore.open_or_create(config.database_dir, identity, ladders)
+    # the main rank creates (or checks) the manifest; the others then read it
+    if is_main():
+        store = DatabaseStore.open_or_create(config.database_dir, identity, ladders)
+    barrier()
+    if not is_main():
+        store = DatabaseStore.open_or_create(config.database_dir, identity, ladders)
     return store, DatabaseBuilder(model, store, config.gqa_mode, config.damp)
 
 

@@ -16,6 +16,7 @@ from transformers import AutoTokenizer
 from darwin_modifier.data.windows import load_texts, token_windows
 from darwin_modifier.database.assemble import assemble
 from darwin_modifier.database.store import DatabaseStore
+from darwin_modifier.distributed import is_main
 from darwin_modifier.format.shrink import shrink
 from darwin_modifier.pipeline.config import DarwinLMConfig
 from darwin_modifier.pipeline.report import RESULT_FILE, write_report
@@ -121,7 +122,8 @@ def search(
         del bench
         model.to(device)
     outcome = SearchOutcome(parent, best, history)
-    write_report(Path(config.search_dir), store, outcome.uniform, best, history)
+    if is_main():
+        write_report(Path(config.search_dir), store, outcome.uniform, best, history)
     return outcome
 
 

@@ -3,7 +3,9 @@
 Everything random is derived from the seed: mutations from one ``random.Random`` whose
 state is saved after every generation, and each stage's training / fitness windows from
 ``(seed, generation, stage)``. A killed run therefore resumes from its state file and
-ends exactly where an uninterrupted run with the same seed ends.
+ends exactly where an uninterrupted run with the same seed ends. Under torchrun every
+rank draws the same offspring from the same seed and state; only the main rank writes
+the state and the log, and every rank resumes from them.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from loguru import logger
 from tqdm.auto import tqdm
 
 from darwin_modifier.artifacts import require_same, write_json
+from darwin_modifier.distributed import is_main
 from darwin_modifier.search.budget import Budget
 from darwin_modifier.search.candidates import Workbench
 from darwin_modifier.search.config import SearchConfig
@@ -98,6 +101,7 @@ def run_search(
         desc="DarwinLM search",
         initial=start,
         total=config.generations,
+        disable=not is_main(),
     )
     for generation in bar:
         children: list[Genome] = []
@@ -129,9 +133,10 @@ def run_search(
         }
         history.append(record)
         bar.set_postfix(kl=f"{record['fitness']:.4f}")
-        _save_state(state_dir, identity, generation + 1, parent, history, rng)
-        with open(state_dir / LOG_FILE, "a") as log:
-            log.write(json.dumps(record) + "\n")
+        if is_main():
+            _save_state(state_dir, identity, generation + 1, parent, history, rng)
+            with open(state_dir / LOG_FILE, "a") as log:
+                log.write(json.dumps(record) + "\n")
     return SearchResult(parent, history)
 
 

@@ -4,12 +4,16 @@ Each stage trains every remaining candidate briefly from its *untrained* databas
 weights, scores it by KL to the dense model, and keeps the best ``survivors``. The
 parent joins at the last stage, so a generation never ends worse than its parent on the
 final stage's data. Trained weights are thrown away; only genomes survive.
+
+Under torchrun a stage's candidates are scored round-robin across ranks and every rank
+gets every fitness value, so all ranks keep the same survivors.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from darwin_modifier.distributed import map_round_robin
 from darwin_modifier.search.config import Stage, check_stages
 from darwin_modifier.search.genome import Genome
 
@@ -30,7 +34,8 @@ def successive_halving(
     for index, stage in enumerate(stages):
         if index == len(stages) - 1 and parent not in alive:
             alive.append(parent)
-        scored = [(genome, evaluate(genome, index)) for genome in alive]
+        fitness = map_round_robin(lambda genome, i=index: evaluate(genome, i), alive)
+        scored = list(zip(alive, fitness))
         scored_stages.append(scored)
         ranked = sorted(scored, key=lambda pair: pair[1])
         alive = [genome for genome, _ in ranked[: stage.survivors]]
