@@ -9,6 +9,9 @@ import sys
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="darwin-modifier", description=__doc__)
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of an error"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     compress = commands.add_parser(
@@ -26,8 +29,8 @@ def main(argv: list[str] | None = None) -> None:
         "or a local text file / directory",
     )
     compress.add_argument("--text-column", default="text")
-    compress.add_argument("--num-samples", type=int, default=64)
-    compress.add_argument("--seq-len", type=int, default=512)
+    compress.add_argument("--num-samples", type=_positive, default=64)
+    compress.add_argument("--seq-len", type=_positive, default=512)
     compress.add_argument("--seed", type=int, default=0)
     compress.add_argument(
         "--save-stages",
@@ -42,9 +45,9 @@ def main(argv: list[str] | None = None) -> None:
     train.add_argument("--output-dir", required=True)
     train.add_argument("--dataset", default="python-docs")
     train.add_argument("--text-column", default="text")
-    train.add_argument("--tokens", type=int, default=1_000_000)
-    train.add_argument("--seq-len", type=int, default=512)
-    train.add_argument("--batch-size", type=int, default=1)
+    train.add_argument("--tokens", type=_positive, default=1_000_000)
+    train.add_argument("--seq-len", type=_positive, default=512)
+    train.add_argument("--batch-size", type=_positive, default=1)
     train.add_argument("--lr", type=float, default=1e-5)
     train.add_argument("--loss", choices=["ce", "kd"], default="ce")
     train.add_argument("--teacher", help="dense model for --loss kd")
@@ -93,8 +96,8 @@ def main(argv: list[str] | None = None) -> None:
         type=float,
         help="host memory in GB (default: what this machine has available)",
     )
-    plan.add_argument("--num-samples", type=int, default=64)
-    plan.add_argument("--seq-len", type=int, default=512)
+    plan.add_argument("--num-samples", type=_positive, default=64)
+    plan.add_argument("--seq-len", type=_positive, default=512)
     plan.add_argument("--json", help="also write the plan here")
 
     commands.add_parser(
@@ -102,6 +105,25 @@ def main(argv: list[str] | None = None) -> None:
     )
 
     args = parser.parse_args(argv)
+    try:
+        _run(args, parser)
+    except (ValueError, RuntimeError, OSError) as err:
+        # a refusal (bad recipe, data, model, directory) is the message; the
+        # traceback is for bugs, behind --debug
+        if args.debug:
+            raise
+        print(f"darwin-modifier {args.command}: error: {err}", file=sys.stderr)
+        sys.exit(1)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _run(args, parser) -> None:
     if args.command == "compress":
         from darwin_modifier.modifier.chain import run_oneshot_stages
 

@@ -12,6 +12,7 @@ FineWeb-Edu are a few percent of one pass.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -43,9 +44,12 @@ def load_texts(
     for a hub dataset a lazy stream (read only as far as it is consumed)."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
+    check_text_column(source, text_column)
     if isinstance(source, str) and source == "python-docs":
         return corpus_split(split)
     if isinstance(source, (str, Path)) and Path(source).exists():
+        if Path(source).suffix == ".jsonl":
+            return jsonl_split(Path(source), split, text_column)
         return local_split(Path(source), split)
     if isinstance(source, str):
         import datasets
@@ -58,6 +62,37 @@ def load_texts(
     if isinstance(source, Sequence) and all(isinstance(t, str) for t in source):
         return list(source)
     return _column(source, text_column, type(source).__name__)
+
+
+def check_text_column(source, text_column: str) -> None:
+    """Refuse, without reading anything, a text column that plain text cannot
+    have (the default corpus, local text files)."""
+    plain = source == "python-docs" or (
+        isinstance(source, (str, Path))
+        and Path(source).exists()
+        and Path(source).suffix != ".jsonl"
+    )
+    if plain and text_column != "text":
+        raise ValueError(
+            f"{source} is plain text with no columns, so text column "
+            f"{text_column!r} cannot apply; leave it at 'text' (or give a .jsonl "
+            "file or a dataset with that column)"
+        )
+
+
+def _share(items: list, split: str) -> list:
+    """The first 20% / next 70% / last 10% of ``items`` (calibration, train,
+    held-out)."""
+    start, stop = {"calibration": (0, 2), "train": (2, 9), "heldout": (9, 10)}[split]
+    return items[len(items) * start // 10 : len(items) * stop // 10]
+
+
+def jsonl_split(path: Path, split: str, text_column: str) -> list[str]:
+    """``split`` of a JSON-lines file: its rows' ``text_column``, cut as
+    :func:`_share`."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    rows = [json.loads(line) for line in lines if line.strip()]
+    return _column(_share(rows, split), text_column, str(path))
 
 
 def local_split(path: Path, split: str) -> list[str]:
@@ -74,11 +109,9 @@ def local_split(path: Path, split: str) -> list[str]:
     read = [f.read_text(encoding="utf-8", errors="replace") for f in files]
     if all(by_name.values()):
         return [t for t, f in zip(read, files) if f in by_name[split]]
-    start, stop = {"calibration": (0, 2), "train": (2, 9), "heldout": (9, 10)}[split]
     texts = []
     for text in read:
-        lines = text.splitlines(keepends=True)
-        part = lines[len(lines) * start // 10 : len(lines) * stop // 10]
+        part = _share(text.splitlines(keepends=True), split)
         if part:
             texts.append("".join(part))
     return texts

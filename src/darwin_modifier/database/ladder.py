@@ -51,7 +51,8 @@ def parameter_ladder(
         raise ValueError(f"multiple must be at least 1, got {mult}")
     if mult > total:
         raise ValueError(
-            f"multiple={mult} exceeds total_groups={total}: no width between dense "
+            f"multiple={mult} (mlp_multiple) exceeds the {total} units of the module: "
+            "no width between dense "
             "and removed could be a multiple of it"
         )
     steps = levels - 1

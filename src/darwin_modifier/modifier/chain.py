@@ -45,20 +45,46 @@ def split_stages(recipe) -> list[Recipe]:
     if isinstance(recipe, Sequence) and not isinstance(recipe, str):
         return [Recipe.create_instance(stage) for stage in recipe]
     if isinstance(recipe, str | os.PathLike):
-        if os.path.isfile(recipe):
-            content = Path(recipe).read_text()
-        else:
-            content = str(recipe)
-        recipe = yaml.safe_load(content)  # YAML is a superset of JSON
+        recipe = _read_yaml(recipe)
     if not isinstance(recipe, dict):
-        raise ValueError(f"cannot read a recipe from {type(recipe).__name__}")
+        raise ValueError(
+            f"a recipe is a mapping of stages or modifiers, not "
+            f"{type(recipe).__name__} ({recipe!r:.60})"
+        )
     args = recipe.get("args", {})
     stages = [
         Recipe.from_dict({"args": args, key: value})
         for key, value in recipe.items()
         if key.endswith("_stage") and isinstance(value, dict)
     ]
-    return stages or [Recipe.from_dict(recipe)]
+    stages = stages or [Recipe.from_dict(recipe)]
+    for stage in stages:
+        if not stage.modifiers:
+            raise ValueError(
+                f"recipe stage {stage.stage or '(default)'!r} has no modifiers: "
+                "modifier groups are keys ending in '_modifiers', e.g. "
+                "'darwinlm_modifiers: {DarwinLMModifier: {...}}'"
+            )
+    return stages
+
+
+def _read_yaml(recipe: str | os.PathLike):
+    """A recipe file's or string's content; missing files and bad YAML named."""
+    text = str(recipe)
+    if os.path.isfile(text):
+        content = Path(text).read_text()
+    elif "\n" not in text and text.endswith((".yaml", ".yml", ".json")):
+        raise FileNotFoundError(f"recipe file {text} does not exist")
+    else:
+        content = text
+    try:
+        parsed = yaml.safe_load(content)  # YAML is a superset of JSON
+    except yaml.YAMLError as err:
+        raise ValueError(f"recipe is not valid YAML: {err}") from err
+    if parsed is None:
+        where = f" {text}" if os.path.isfile(text) else ""
+        raise ValueError(f"recipe{where} is empty: it names no stage or modifier")
+    return parsed
 
 
 def oneshot_stages(
@@ -95,6 +121,7 @@ def oneshot_stages(
         config = model.config
         source_recipe = infer_recipe_from_model_path(config._name_or_path or "")
     check_stages(stages, config)
+    _refuse_output_over_input(model, output_dir)
 
     kwargs = dict(oneshot_kwargs)
     with tempfile.TemporaryDirectory(prefix="darwinlm-stages-") as bridge:
@@ -152,15 +179,9 @@ def run_oneshot_stages(
     ``run_oneshot_stages(fetch_default_model(), "recipes/smollm2_cpu_w8a8.yaml",
     "results/demo_w8a8/model")``.
     """
-    from transformers import AutoTokenizer
-
-    init_from_env()  # under torchrun: join the process group (gloo on CPU)
-    tokenizer = AutoTokenizer.from_pretrained(model)
-    data = calibration_dataset(
-        tokenizer, dataset, num_samples, seq_len, seed, text_column
+    tokenizer, data = calibration_share(
+        model, dataset, num_samples, seq_len, seed, text_column
     )
-    if world_size() > 1:  # each rank its own share (see DarwinLMModifier's check)
-        data = data.shard(world_size(), rank(), contiguous=True)
     return oneshot_stages(
         str(model),
         recipe,
@@ -172,6 +193,46 @@ def run_oneshot_stages(
         max_seq_length=seq_len,
         shuffle_calibration_samples=False,
     )
+
+
+def calibration_share(
+    model: str | os.PathLike,
+    dataset="python-docs",
+    num_samples: int = 64,
+    seq_len: int = 512,
+    seed: int = 0,
+    text_column: str = "text",
+):
+    """(tokenizer, this rank's calibration windows): whole windows of real text; under
+    torchrun the process group is joined and each rank gets a contiguous share (see
+    ``DarwinLMModifier``'s check on repeated shares)."""
+    from transformers import AutoTokenizer
+
+    if num_samples < 1 or seq_len < 1:
+        raise ValueError(
+            f"num_samples and seq_len must be positive, got {num_samples} and {seq_len}"
+        )
+    init_from_env()
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    data = calibration_dataset(
+        tokenizer, dataset, num_samples, seq_len, seed, text_column
+    )
+    if world_size() > 1:
+        data = data.shard(world_size(), rank(), contiguous=True)
+    return tokenizer, data
+
+
+def _refuse_output_over_input(model, output_dir) -> None:
+    """The save would overwrite the dense model it is still reading from."""
+    source = model if isinstance(model, str | os.PathLike) else None
+    source = source or getattr(getattr(model, "config", None), "_name_or_path", "")
+    if output_dir is None or not source or not os.path.isdir(source):
+        return
+    if Path(output_dir).resolve() == Path(source).resolve():
+        raise ValueError(
+            f"output_dir {output_dir} is the input model's directory: the save would "
+            "overwrite the model being compressed; choose another output_dir"
+        )
 
 
 def _point_at_true_config(model, directory: str, processor=None) -> None:

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from transformers import AutoTokenizer
-
-from darwin_modifier.data.calibration import calibration_dataset
 from darwin_modifier.database.store import DatabaseStore
 from darwin_modifier.modifier.base import DarwinLMModifier
-from darwin_modifier.modifier.chain import split_stages
+from darwin_modifier.modifier.chain import calibration_share, split_stages
 from darwin_modifier.modifier.rules import calibration_changes_weights
 from darwin_modifier.pipeline import load_database
 
@@ -27,10 +24,9 @@ def run_oneshot(
     """``oneshot`` with our calibration windows; returns the (shrunk) model."""
     from llmcompressor import oneshot
 
-    tokenizer = AutoTokenizer.from_pretrained(model)
     modifiers = [m for stage in split_stages(recipe) for m in stage.modifiers]
-    data = calibration_dataset(
-        tokenizer, dataset, num_samples, seq_len, seed, text_column
+    tokenizer, data = calibration_share(
+        model, dataset, num_samples, seq_len, seed, text_column
     )
     return oneshot(
         model=str(model),

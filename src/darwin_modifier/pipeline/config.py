@@ -87,6 +87,22 @@ class DarwinLMConfig(SizeTarget, DatabaseConfig, SearchConfig, SaveDtype):
             )
         return self
 
+    def check_model(self, model_config) -> None:
+        """Settings the model itself rules out, refused before any calibration."""
+        vocab = getattr(model_config, "vocab_size", None)
+        if self.fitness == "topk_kl" and vocab and self.fitness_topk > vocab:
+            raise ValueError(
+                f"fitness_topk {self.fitness_topk} exceeds the vocabulary "
+                f"({vocab} tokens); set fitness_topk to at most {vocab} or fitness: kl"
+            )
+        positions = getattr(model_config, "max_position_embeddings", None)
+        if self.generations > 0 and positions and self.search_seq_len > positions:
+            raise ValueError(
+                f"search_seq_len {self.search_seq_len} exceeds the model's "
+                f"max_position_embeddings ({positions}); set search_seq_len to at "
+                f"most {positions}"
+            )
+
     def checked_ladders(self, shape: DenseShape) -> dict[str, list[int]]:
         """The ladders for ``shape``; an infeasible target fails here, before any
         calibration."""

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from torch import nn
 
+from darwin_modifier.data.windows import check_text_column
 from darwin_modifier.database.build import DatabaseBuilder
 from darwin_modifier.database.store import DatabaseStore
 from darwin_modifier.distributed import barrier, is_main
@@ -27,6 +28,9 @@ def open_database(
     architectures and infeasible targets fail here, before any calibration.
     """
     family_of(model.config)
+    config.check_model(model.config)
+    if config.generations > 0:
+        check_text_column(config.search_dataset, config.search_text_column)
     shape = DenseShape.from_config(model.config)
     ladders = config.checked_ladders(shape)
     identity = {
