@@ -26,26 +26,22 @@ import tempfile
 import time
 from pathlib import Path
 
+from memory import MEASURED_SEARCH, build_database  # this folder: a sibling script
+
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = ("llama2_7b_to_2.7b", "llama31_8b_to_4.6b", "qwen25_14b_to_8.4b")
 FORWARD_SHARE = 1 / 3  # a forward window against a training step (forward + backward)
 
-SEARCH = dict(
-    target_fraction=0.5,
-    gqa_mode="kv_group",
-    num_levels=5,
-    mlp_multiple=32,
-    generations=1,
-    offspring=4,
-    selection_stages=[
+# memory.py's measured search (and its database), with offspring to share out
+SEARCH = {
+    **MEASURED_SEARCH,
+    "offspring": 4,
+    "selection_stages": [
         {"survivors": 2, "train_tokens": 512, "fitness_tokens": 512},
         {"survivors": 1, "train_tokens": 1024, "fitness_tokens": 1024},
     ],
-    fitness="kl",
-    search_seq_len=256,
-    fitness_pool_tokens=4096,
-    train_pool_tokens=4096,
-)
+    "fitness_pool_tokens": 4096,
+}
 
 
 def critical_path(settings: dict, ranks: int) -> dict:
@@ -81,21 +77,6 @@ def recipe_models() -> dict:
             path["speedup"] = round(one / path["step_equivalents"], 2)
         out[recipe] = paths
     return out
-
-
-def build_database(directory: Path) -> None:
-    from darwin_modifier.data import fetch_default_model
-    from darwin_modifier.modifier.entry import build_database
-
-    keys = ("gqa_mode", "num_levels", "mlp_multiple")
-    build_database(
-        fetch_default_model(),
-        directory,
-        num_samples=2,
-        seq_len=64,
-        target_level=2,
-        **{k: SEARCH[k] for k in keys},
-    )
 
 
 def worker(database_dir: Path, search_dir: Path, out: Path) -> None:

@@ -157,6 +157,9 @@ def _train(args) -> None:
 
     from darwin_modifier.modifier import DarwinLMTrainingModifier
     from darwin_modifier.modifier.chain import run_oneshot_stages
+    from darwin_modifier.modifier.posttrain import refuse_distributed_training
+
+    refuse_distributed_training()
 
     modifier = DarwinLMTrainingModifier(
         tokens=args.tokens,

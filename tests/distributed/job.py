@@ -2,8 +2,10 @@
 torchrun tests, started as ``python job.py DIR`` or under ``torchrun``.
 
 Every file write the tests care about is appended to ``DIR/writes.log`` as
-``<rank> <what> <index>``. ``--kill-layer N`` / ``--kill-generation G`` make rank 1
-SIGKILL itself before writing database layer N / scoring a generation-G candidate.
+``<rank> <what> <index>`` once written (``<rank> start`` opens each run).
+``--kill-layer N`` / ``--kill-generation G`` make rank 1 SIGKILL itself before writing
+database layer N / scoring a candidate of generation G's second stage (after one
+exchange of fitness values in that generation, so rank 0 has saved generation G - 1).
 """
 
 from __future__ import annotations
@@ -38,9 +40,10 @@ def main() -> None:
 
     def logged(what, original, index=lambda *a: ""):
         def wrapper(*a, **k):
+            result = original(*a, **k)
             with open(log, "a") as f:
                 f.write(f"{rank()} {what} {index(*a)}\n")
-            return original(*a, **k)
+            return result
 
         return wrapper
 
@@ -62,11 +65,13 @@ def main() -> None:
     score = TrainedKL.__call__
 
     def scored(self, genome, generation, stage):
-        kill_if(generation == args.kill_generation)
+        kill_if(generation == args.kill_generation and stage == 1)
         return score(self, genome, generation, stage)
 
     TrainedKL.__call__ = scored
 
+    with open(log, "a") as f:
+        f.write(f"{os.environ.get('RANK', '0')} start -\n")  # no group yet
     recipe = RECIPE.format(db=args.dir / "db", search=args.dir / "search")
     model = args.dir.parent / "model"
     run_oneshot_stages(model, recipe, args.dir / "out", num_samples=8, seq_len=64)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from darwin_modifier.cli import main
 from darwin_modifier.distributed import ranks, require_process_group
 from darwin_modifier.modifier.base import _refuse_repeated_shares
-from darwin_modifier.modifier.chain import run_oneshot_stages
-from tests.modifier.test_posttrain_stage import TRAIN
+from darwin_modifier.modifier.posttrain import refuse_distributed_training
 
 
 def test_torchrun_without_a_process_group_is_refused(monkeypatch):
@@ -26,6 +26,10 @@ def test_ranks_calibrating_on_the_same_samples_are_refused():
 
 def test_post_training_refuses_to_run_on_every_rank(tiny_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(ranks, "world_size", lambda: 2)
-    recipe = "train_stage:\n  train_modifiers:" + TRAIN.format(tmp=tmp_path)
     with pytest.raises(RuntimeError, match="post-training .* one process"):
-        run_oneshot_stages(tiny_dir, recipe, tmp_path / "out", num_samples=1)
+        refuse_distributed_training()
+    argv = ["train", "--model", str(tiny_dir), "--output-dir", str(tmp_path / "o")]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 1
+    assert not (tmp_path / "o").exists()  # refused before any work

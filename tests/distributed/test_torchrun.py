@@ -35,9 +35,17 @@ def run_job(
     )
 
 
-def writes(directory: Path) -> list[tuple[int, str, str]]:
+def writes_per_run(directory: Path) -> list[list[tuple[int, str, str]]]:
+    """The files each run wrote, as (rank, what, index), split at the runs' starts."""
     lines = (directory / "writes.log").read_text().split("\n")
-    return [(int(r), what, i) for r, what, i in (ln.split(" ") for ln in lines if ln)]
+    runs: list[list[tuple[int, str, str]]] = []
+    for r, what, index in (line.split(" ") for line in lines if line):
+        if what == "start":
+            if r == "0":
+                runs.append([])
+            continue
+        runs[-1].append((int(r), what, index))
+    return runs
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +78,12 @@ def test_the_database_equals_the_single_process_one(runs):
     manifests = [json.loads((d / "manifest.json").read_text()) for d in (one, two)]
     assert manifests[0]["calibration"] == manifests[1]["calibration"]
     assert manifests[0]["layers"].keys() == manifests[1]["layers"].keys()
+    for index, stats in manifests[0]["layers"].items():
+        for module, levels in stats.items():
+            other = manifests[1]["layers"][index][module]
+            assert [lv["params"] for lv in levels] == [lv["params"] for lv in other]
+            losses = pytest.approx([lv["loss"] for lv in other], rel=1e-4, abs=1e-6)
+            assert [lv["loss"] for lv in levels] == losses
     for layer in sorted(one.glob("layer_*.safetensors")):
         a, b = load_file(layer), load_file(two / layer.name)
         assert a.keys() == b.keys()
@@ -84,14 +98,19 @@ def test_the_database_equals_the_single_process_one(runs):
 
 def test_every_shared_file_has_one_writer(runs):
     root = runs[0]
-    records = writes(root / "two")
-    layers = Counter((r, int(i)) for r, what, i in records if what == "layer")
+    killed_in_build, killed_in_search, final = writes_per_run(root / "two")
+    everything = killed_in_build + killed_in_search + final
+    layers = Counter((r, int(i)) for r, what, i in everything if what == "layer")
     assert {index for _, index in layers} == set(range(4))
     assert all(r == index % 2 for r, index in layers)  # the owner rank only
-    others = {what for r, what, _ in records if r != 0 and what != "layer"}
+    # within a run each layer is written once; a resumed run rewrites only what the
+    # manifest had not yet listed (at most the last subgraph's layers)
+    for run in (killed_in_build, killed_in_search):
+        per_layer = Counter(i for _, what, i in run if what == "layer")
+        assert set(per_layer.values()) <= {1}
+    assert not [w for w in final if w[1] == "layer"]  # the database was complete
+    others = {what for r, what, _ in everything if r != 0 and what != "layer"}
     assert not others  # manifest, search state and report: the main rank only
-    final_run = writes(root / "single")  # one process writes each layer once
-    assert sorted(int(i) for _, w, i in final_run if w == "layer") == [0, 1, 2, 3]
 
 
 def test_the_search_ends_at_the_single_process_genome(runs):

@@ -77,6 +77,11 @@ class DatabaseStore:
                 fix="use another database directory or delete this one",
             )
             return store
+        if not is_main():
+            raise RuntimeError(
+                f"rank 0 created the database at {root}, but this rank does not see "
+                "its manifest; database_dir must be on a filesystem every rank shares"
+            )
         root.mkdir(parents=True, exist_ok=True)
         manifest = {
             "format_version": FORMAT_VERSION,

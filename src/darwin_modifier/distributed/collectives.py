@@ -40,15 +40,17 @@ def reduce_weighted_mean(
 
     Each rank holds the mean of its own ``count`` samples (LLM Compressor's running
     average Hessian); the pooled mean is Σ mean·count / Σ count, exactly what one
-    process would have accumulated over all samples.
+    process would have accumulated over all samples. ``mean`` is consumed (scaled in
+    place: an n x n Hessian is not copied).
     """
     if world_size() == 1:
         return mean, count
-    weighted = mean * count
-    total = torch.tensor([float(count)], dtype=torch.float64, device=mean.device)
+    device = "cpu" if dist.get_backend() == "gloo" else mean.device
+    weighted = mean.to(device).mul_(count)  # in place: the n x n matrix once
+    total = torch.tensor([float(count)], dtype=torch.float64, device=device)
     dist.reduce(weighted, dst=owner)
     dist.reduce(total, dst=owner)
     if rank() != owner:
         return None
     pooled = int(total.item())
-    return weighted / max(pooled, 1), pooled
+    return weighted.div_(max(pooled, 1)).to(mean.device), pooled

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+# Ranks wait for each other at every exchange: for an owner's OBS of a 14B layer, or
+# for the one candidate of a stage that does not divide evenly over the ranks (200K
+# training tokens at the paper's last stage); the default 10 minutes can be too short.
+TIMEOUT = timedelta(hours=2)
 
 
 def world_size() -> int:
@@ -41,9 +47,11 @@ def init_from_env() -> bool:
     if torch.cuda.is_available():
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local_rank)
-        dist.init_process_group("nccl", device_id=torch.device("cuda", local_rank))
+        dist.init_process_group(
+            "nccl", device_id=torch.device("cuda", local_rank), timeout=TIMEOUT
+        )
     else:
-        dist.init_process_group("gloo")
+        dist.init_process_group("gloo", timeout=TIMEOUT)
     return True
 
 

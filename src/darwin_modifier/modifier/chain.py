@@ -213,10 +213,19 @@ def calibration_share(
             f"num_samples and seq_len must be positive, got {num_samples} and {seq_len}"
         )
     init_from_env()
+    if num_samples < world_size():
+        raise ValueError(
+            f"num_samples {num_samples} leaves some of the {world_size()} ranks "
+            "without calibration data; give at least one sample per rank"
+        )
+    if not is_main():
+        barrier()  # the main rank fills the corpus and tokenizer caches first
     tokenizer = AutoTokenizer.from_pretrained(model)
     data = calibration_dataset(
         tokenizer, dataset, num_samples, seq_len, seed, text_column
     )
+    if is_main():
+        barrier()
     if world_size() > 1:
         data = data.shard(world_size(), rank(), contiguous=True)
     return tokenizer, data

@@ -27,6 +27,14 @@ from darwin_modifier.pipeline import TrainingConfig, TrainingData, train_model
 __all__ = ["DarwinLMTrainingModifier"]
 
 
+def refuse_distributed_training() -> None:
+    refuse_distributed(
+        "post-training (DarwinLMTrainingModifier)",
+        "run the training stage in one process (darwin-modifier train --model "
+        "<the pruned checkpoint>), after the DarwinLM stage under torchrun",
+    )
+
+
 class DarwinLMTrainingModifier(Modifier, TrainingConfig):
     """Train the (shrunk) model on a token budget.
 
@@ -42,11 +50,7 @@ class DarwinLMTrainingModifier(Modifier, TrainingConfig):
         from llmcompressor.core import active_session
 
         refuse_quantization_in_same_pass(self)  # it would calibrate untrained weights
-        refuse_distributed(
-            "post-training (DarwinLMTrainingModifier)",
-            "run the training stage in one process (darwin-modifier train --model "
-            "<the pruned checkpoint>), after the DarwinLM stage under torchrun",
-        )
+        refuse_distributed_training()
         check_training_order(active_session().lifecycle.recipe.modifiers or [])
         self.check_teacher()
         # Text and tokenizer now, so that a bad source fails before any calibration.
