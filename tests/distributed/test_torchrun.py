@@ -66,7 +66,6 @@ def runs(tmp_path_factory):
 
 def test_killed_ranks_fail_the_run_and_the_rerun_resumes(runs):
     root, killed, resumed = runs
-    assert [run.returncode for run in killed] != [0, 0]
     assert all(run.returncode != 0 for run in killed)
     assert "resuming, " in killed[1].stdout  # the database after the layer-3 kill
     assert "resuming at generation 1" in resumed.stdout

@@ -7,12 +7,12 @@ activations the pipeline propagates are the dense ones (method.md §1). As soon 
 layer's two Hessians are complete (the pipeline signals the end of its subgraph), the
 layer is pruned at every level and written; its Hessians are freed.
 
-Under torchrun every rank sees its share of the calibration data (LLM Compressor
-partitions it); a finished layer's Hessians are pooled on its owner rank (layer index
-modulo the world size), which alone runs OBS and writes the layer file. The stats of
-layers written during one subgraph are gathered at the next, so an owner's OBS overlaps
-the other ranks' calibration of the next subgraph; the main rank lists them in the
-manifest.
+Under torchrun every rank calibrates on its own share of the data (see
+:func:`~darwin_modifier.modifier.chain.calibration_share`); a finished layer's Hessians
+are pooled on its owner rank (layer index modulo the world size), which alone runs OBS
+and writes the layer file. The stats of layers written during one subgraph are gathered
+at the next, so an owner's OBS overlaps the other ranks' calibration of the next
+subgraph; the main rank lists them in the manifest.
 """
 
 from __future__ import annotations

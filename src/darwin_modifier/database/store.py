@@ -166,7 +166,6 @@ class DatabaseStore:
         """List written layers in the manifest. Every rank keeps the same manifest in
         memory; only the main rank writes it."""
         for index in sorted(stats):
-            self._handles.pop(index, None)
             self.manifest["layers"][str(index)] = stats[index]
         if stats and is_main():
             self._write_manifest()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 
 import torch
@@ -30,6 +32,17 @@ def is_main() -> bool:
 def barrier() -> None:
     if world_size() > 1:
         dist.barrier()
+
+
+@contextmanager
+def main_rank_first() -> Iterator[None]:
+    """The main rank runs the block first (it creates shared files: caches, the
+    manifest); the other ranks run it after, and find them."""
+    if not is_main():
+        barrier()
+    yield
+    if is_main():
+        barrier()
 
 
 def init_from_env() -> bool:

@@ -114,8 +114,7 @@ def _refuse_repeated_shares(shares: list[list[str]]) -> None:
                 f"ranks {seen[key]} and {rank} calibrate on the same samples "
                 "(LLM Compressor 0.14 gives every rank the first part of a dataset "
                 "that is identical on all ranks); give oneshot each rank's own share, "
-                "e.g. "
-                "dataset.shard(world_size, rank, contiguous=True), as "
+                "e.g. dataset.shard(world_size, rank, contiguous=True), as "
                 "darwin-modifier compress does"
             )
         seen[key] = rank

@@ -25,6 +25,7 @@ from darwin_modifier.distributed import (
     barrier,
     init_from_env,
     is_main,
+    main_rank_first,
     rank,
     world_size,
 )
@@ -218,14 +219,11 @@ def calibration_share(
             f"num_samples {num_samples} leaves some of the {world_size()} ranks "
             "without calibration data; give at least one sample per rank"
         )
-    if not is_main():
-        barrier()  # the main rank fills the corpus and tokenizer caches first
-    tokenizer = AutoTokenizer.from_pretrained(model)
-    data = calibration_dataset(
-        tokenizer, dataset, num_samples, seq_len, seed, text_column
-    )
-    if is_main():
-        barrier()
+    with main_rank_first():  # it fills the corpus and tokenizer caches
+        tokenizer = AutoTokenizer.from_pretrained(model)
+        data = calibration_dataset(
+            tokenizer, dataset, num_samples, seq_len, seed, text_column
+        )
     if world_size() > 1:
         data = data.shard(world_size(), rank(), contiguous=True)
     return tokenizer, data

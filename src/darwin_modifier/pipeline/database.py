@@ -13,7 +13,7 @@ from torch import nn
 from darwin_modifier.data.windows import check_text_column
 from darwin_modifier.database.build import DatabaseBuilder
 from darwin_modifier.database.store import DatabaseStore
-from darwin_modifier.distributed import barrier, is_main
+from darwin_modifier.distributed import main_rank_first
 from darwin_modifier.families import family_of
 from darwin_modifier.pipeline.config import DarwinLMConfig
 from darwin_modifier.plan import DenseShape
@@ -42,11 +42,7 @@ def open_database(
         "dtype": str(next(model.parameters()).dtype),
         "storage_dtype": config.database_dtype,
     }
-    # the main rank creates (or checks) the manifest; the others then read it
-    if is_main():
-        store = DatabaseStore.open_or_create(config.database_dir, identity, ladders)
-    barrier()
-    if not is_main():
+    with main_rank_first():  # it creates the manifest that the others read
         store = DatabaseStore.open_or_create(config.database_dir, identity, ladders)
     return store, DatabaseBuilder(model, store, config.gqa_mode, config.damp)
 
