@@ -196,3 +196,31 @@ def test_cli_prints_the_reason_not_a_traceback(tiny_dir, tmp_path, capsys):
     assert "Traceback" not in err
     with pytest.raises(ValidationError):  # the traceback, for bug reports
         main(["--debug", *argv])
+
+
+def test_a_database_is_bound_to_the_weights_not_to_their_path(tmp_path):
+    from darwin_modifier.pipeline import open_database
+
+    config = DarwinLMConfig(database_dir=str(tmp_path / "db"), generations=0)
+    first = tiny_model(seed=0)
+    first.config._name_or_path = str(tmp_path / "model")
+    store, _ = open_database(first, config, "calibration-digest")
+    store.close()
+    moved = tiny_model(seed=0)  # the same weights, loaded from elsewhere
+    moved.config._name_or_path = "model"
+    open_database(moved, config, "calibration-digest")[0].close()
+    retrained = tiny_model(seed=1)  # other weights saved over the same path
+    retrained.config._name_or_path = str(tmp_path / "model")
+    with pytest.raises(ValueError, match="different inputs .*model_weights: stored"):
+        open_database(retrained, config, "calibration-digest")
+
+
+def test_a_foreign_non_empty_output_dir_is_refused_before_any_work(tiny_dir, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "thesis.tex").write_text("years of work")
+    recipe = RECIPE.format(db=tmp_path / "db", search=tmp_path / "s")
+    with pytest.raises(ValueError, match="out is not empty and is not a checkpoint"):
+        oneshot_stages(str(tiny_dir), recipe, output_dir=str(out))
+    assert not (tmp_path / "db").exists()  # refused before calibration
+    assert [p.name for p in out.iterdir()] == ["thesis.tex"]

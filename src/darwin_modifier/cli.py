@@ -100,6 +100,13 @@ def main(argv: list[str] | None = None) -> None:
     plan.add_argument("--seq-len", type=_positive, default=512)
     plan.add_argument("--json", help="also write the plan here")
 
+    verify = commands.add_parser(
+        "verify",
+        help="check a saved checkpoint against its manifest (every file's size, every "
+        "tensor's hash); exits 1 naming what differs, is missing or does not belong",
+    )
+    verify.add_argument("directory", help="a checkpoint saved by compress or train")
+
     commands.add_parser(
         "fetch", help="fetch the embedded default model + corpus; print the model path"
     )
@@ -144,6 +151,8 @@ def _run(args, parser) -> None:
         _evaluate(args, parser)
     elif args.command == "plan":
         sys.exit(_plan(args))
+    elif args.command == "verify":
+        sys.exit(_verify(args.directory))
     elif args.command == "fetch":
         from darwin_modifier.data import fetch_corpus, fetch_default_model
 
@@ -171,7 +180,8 @@ def _train(args) -> None:
         seq_len=args.seq_len,
         dataset=args.dataset,
         text_column=args.text_column,
-        train_dir=os.path.join(args.output_dir, "train"),
+        # beside the output, not in it: the output appears only when complete
+        train_dir=os.path.normpath(args.output_dir) + "-train",
     )
     run_oneshot_stages(
         args.model,
@@ -182,6 +192,18 @@ def _train(args) -> None:
         seq_len=args.seq_len,
         text_column=args.text_column,
     )
+
+
+def _verify(directory: str) -> int:
+    from darwin_modifier.artifacts.checkpoint import verify
+
+    problems = verify(directory)
+    for problem in problems:
+        print(f"{directory}: {problem}", file=sys.stderr)
+    if problems:
+        return 1
+    print(f"{directory}: every file and tensor is as it was saved")
+    return 0
 
 
 def _plan(args) -> int:

@@ -35,7 +35,7 @@ def one_thread():
 
 def identity(**changes) -> dict:
     base = {
-        "source_model": "tiny",
+        "model_weights": "0123456789abcdef",
         "shape": SHAPE.__dict__,
         "calibration": "0123456789abcdef-8x32",
         "gqa_mode": "query",
@@ -157,7 +157,7 @@ def test_repeated_counts_are_stored_once(tmp_path):
         ({"calibration": "fedcba9876543210-8x32"}, "calibration"),
         ({"gqa_mode": "kv_group"}, "gqa_mode"),
         ({"damp": 0.1}, "damp"),
-        ({"source_model": "other"}, "source_model"),
+        ({"model_weights": "fedcba9876543210"}, "model_weights"),
         ({"dtype": "torch.bfloat16"}, "dtype"),
     ],
 )
@@ -293,3 +293,21 @@ def test_entry_survives_rewrite_of_an_open_layer(tmp_path):
     levels, stats = random_layer(0)
     store.write_layer(0, levels, stats)
     assert torch.equal(store.entry(0, "mlp", 4).weight, levels["mlp"][4][2])
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete"])
+def test_a_damaged_layer_file_is_found_at_open_and_built_again(tmp_path, damage):
+    store = new_store(tmp_path / "db")
+    fill(store, [0, 1, 2])
+    path = tmp_path / "db" / "layer_001.safetensors"
+    if damage == "truncate":  # a copy cut short, a disk that filled up
+        path.write_bytes(path.read_bytes()[:100])
+    else:
+        path.unlink()
+    reopened = new_store(tmp_path / "db")
+    assert reopened.done_layers() == {0, 2}
+    with pytest.raises(ValueError, match="layers \\[1, 3\\] are missing; layer_001"):
+        reopened.require_complete()
+    fill(reopened, [1, 3])
+    again = DatabaseStore.open(tmp_path / "db")
+    assert again.is_complete() and not again.damaged

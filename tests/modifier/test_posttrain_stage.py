@@ -146,7 +146,9 @@ def test_cli_train_saves_a_trained_checkpoint(tiny_dir, tmp_path):
     out = tmp_path / "out"
     cli = ["train", "--model", str(tiny_dir), "--output-dir", str(out)]
     main(cli + ["--tokens", "512", "--seq-len", "64", "--lr", "3e-3"])
-    history = json.loads((out / "train" / "posttrain_history.json").read_text())
+    history = json.loads(
+        (tmp_path / "out-train" / "posttrain_history.json").read_text()
+    )
     assert len(history["loss"]) == 512 // 64
     trained = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
     _reload_matches(tiny_dir, trained, equal=False)

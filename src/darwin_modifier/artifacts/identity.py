@@ -49,6 +49,39 @@ def combine_row_digests(digests: list[str], ordered: bool = True) -> str:
     )
 
 
+def weights_digest(model: torch.nn.Module) -> str:
+    """Fingerprint of a model's weights: names, shapes and a strided sample of every
+    tensor (4,096 values each, so an 8B model on a GPU takes well under a second).
+
+    What binds a directory to a model instead of its path: the same weights at
+    another path match, other weights saved at the same path do not. Offloaded
+    tensors on the meta device contribute their name and shape only.
+    """
+    hasher = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        hasher.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+        if tensor.device.type == "meta" or tensor.numel() == 0:
+            continue
+        flat = tensor.detach().reshape(-1)
+        sample = flat[:: max(1, flat.numel() // 4096)].float().cpu()
+        hasher.update(sample.numpy().tobytes())
+    return hasher.hexdigest()[:16]
+
+
+def config_digest(config) -> str:
+    """Hash of a model config's content, without where it was loaded from."""
+    fields = {
+        key: value
+        for key, value in config.to_dict().items()
+        if key not in ("_name_or_path", "transformers_version")
+    }
+    return digest(_jsonable_loose(fields))
+
+
+def _jsonable_loose(value):
+    return json.loads(json.dumps(value, default=str))
+
+
 def require_same(stored: Mapping, current: Mapping, *, what: str, fix: str) -> None:
     """Refuse when ``stored`` (read back from disk) differs from ``current``.
 

@@ -12,7 +12,9 @@ dense level (the model's own weight) and the empty level are not stored at all, 
 database is well under half of the authors' full-shape layout. Tensors are read lazily
 through ``safe_open`` (memory-mapped): loading one module at one level touches only that
 tensor. Each layer file is written to a temporary name and renamed, and the manifest is
-rewritten after it, so a killed build resumes from the finished layers.
+rewritten after it (with the file's size), so a killed build resumes from the
+finished layers. A listed layer whose file is missing or of another size (a copy cut
+short, a disk that filled up) is dropped when the store opens and built again.
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from loguru import logger
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from darwin_modifier.artifacts import digest, replacing, require_same, write_json
+from darwin_modifier.artifacts import digest, lock, replacing, require_same, write_json
 from darwin_modifier.distributed import is_main
 from darwin_modifier.plan import DenseShape
 
@@ -53,6 +56,8 @@ class DatabaseStore:
         # fp32 model's database for a rounding error far below the pruning error.
         self.dtype = getattr(torch, manifest.get("storage_dtype", "float16"))
         self._handles: dict[int, object] = {}
+        self.damaged: dict[int, str] = {}  # listed layers whose file is unusable
+        self._drop_damaged_layers()
 
     # ---- creation, resume, refusal --------------------------------------------------
 
@@ -68,6 +73,7 @@ class DatabaseStore:
         """
         root = Path(root)
         path = root / "manifest.json"
+        lock.acquire(root, "database_dir")  # released by close()
         if path.exists():
             store = cls.open(root)
             require_same(
@@ -120,6 +126,26 @@ class DatabaseStore:
             )
         return store
 
+    def _drop_damaged_layers(self) -> None:
+        sizes = self.manifest.setdefault("file_bytes", {})
+        for key in list(self.manifest["layers"]):
+            path = self._layer_path(int(key))
+            expected = sizes.get(key)
+            if not path.exists():
+                self.damaged[int(key)] = f"{path.name} is missing"
+            elif expected is not None and path.stat().st_size != expected:
+                self.damaged[int(key)] = (
+                    f"{path.name} has {path.stat().st_size} bytes, not {expected}"
+                )
+            else:
+                continue
+            del self.manifest["layers"][key]
+            sizes.pop(key, None)
+            logger.warning(
+                f"database {self.root}: {self.damaged[int(key)]}; layer {key} will be "
+                "built again"
+            )
+
     # ---- writing ------------------------------------------------------------------
 
     def done_layers(self) -> set[int]:
@@ -131,9 +157,10 @@ class DatabaseStore:
     def require_complete(self) -> None:
         missing = sorted(set(range(self.shape.num_layers)) - self.done_layers())
         if missing:
+            damaged = "".join(f"; {why}" for why in self.damaged.values())
             raise ValueError(
-                f"database at {self.root} is incomplete: layers {missing} are missing; "
-                "run the build again to resume it"
+                f"database at {self.root} is incomplete: layers {missing} are missing"
+                f"{damaged}; run the build again to resume it"
             )
 
     def write_layer(
@@ -167,6 +194,9 @@ class DatabaseStore:
         memory; only the main rank writes it."""
         for index in sorted(stats):
             self.manifest["layers"][str(index)] = stats[index]
+            size = self._layer_path(index).stat().st_size
+            self.manifest["file_bytes"][str(index)] = size
+            self.damaged.pop(index, None)
         if stats and is_main():
             self._write_manifest()
 
@@ -215,6 +245,11 @@ class DatabaseStore:
 
     def _layer_path(self, index: int) -> Path:
         return self.root / f"layer_{index:03d}.safetensors"
+
+    def close(self) -> None:
+        """Let other runs use the directory (after :meth:`open_or_create`)."""
+        self._handles.clear()
+        lock.release(self.root)
 
     def nbytes(self) -> int:
         return sum(p.stat().st_size for p in self.root.glob("layer_*.safetensors"))

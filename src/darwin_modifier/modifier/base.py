@@ -77,6 +77,7 @@ class DarwinLMModifier(Modifier, DarwinLMConfig):
                 f"({plan.kept_fraction():.1%} of dense)"
             )
         state.model.to(self.output_dtype(self._given_dtype))
+        self._store.close()
         return True
 
 

@@ -20,6 +20,7 @@ import yaml
 from llmcompressor.modifiers import Modifier
 from llmcompressor.recipe import Recipe
 
+from darwin_modifier.artifacts.output import publishing
 from darwin_modifier.data.calibration import calibration_dataset
 from darwin_modifier.distributed import (
     barrier,
@@ -103,7 +104,9 @@ def oneshot_stages(
     ``num_calibration_samples``, ``max_seq_length``, ...) go to every stage. The last
     stage saves to ``output_dir`` (``save_compressed`` as given); with ``save_stages``
     every earlier stage also saves to ``output_dir/<stage name>``, as
-    ``oneshot(stage=...)`` does. The saved ``recipe.yaml`` lists all stages.
+    ``oneshot(stage=...)`` does. The saved ``recipe.yaml`` lists all stages. The
+    output appears only when every stage has finished, sealed (``darwin-modifier
+    verify``), in place of the previous one (:mod:`darwin_modifier.artifacts.output`).
     """
     from llmcompressor.entrypoints.oneshot import Oneshot
     from llmcompressor.transformers.utils.helpers import infer_recipe_from_model_path
@@ -125,14 +128,17 @@ def oneshot_stages(
     _refuse_output_over_input(model, output_dir)
 
     kwargs = dict(oneshot_kwargs)
-    with tempfile.TemporaryDirectory(prefix="darwinlm-stages-") as bridge:
+    with (
+        tempfile.TemporaryDirectory(prefix="darwinlm-stages-") as bridge,
+        publishing(output_dir) as staging,  # refuses a foreign output_dir first
+    ):
         for i, stage in enumerate(stages):
             last = i == len(stages) - 1
             stage_dir = None
             if last:
-                stage_dir = output_dir
-            elif save_stages and output_dir is not None:
-                stage_dir = os.path.join(output_dir, stage.stage)
+                stage_dir = staging
+            elif save_stages and staging is not None:
+                stage_dir = staging / stage.stage
             if not isinstance(model, str | os.PathLike):
                 _point_at_true_config(
                     model, os.path.join(bridge, str(i)), kwargs.get("processor")
@@ -160,6 +166,8 @@ def oneshot_stages(
                 barrier()
         if output_dir is None and model.config._name_or_path.startswith(bridge):
             model.config._name_or_path = ""
+    if output_dir is not None:
+        model.config._name_or_path = str(output_dir)  # published there
     return model
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from darwin_modifier.artifacts.output import publishing
 from darwin_modifier.database.store import DatabaseStore
 from darwin_modifier.modifier.base import DarwinLMModifier
 from darwin_modifier.modifier.chain import calibration_share, split_stages
@@ -28,17 +29,18 @@ def run_oneshot(
     tokenizer, data = calibration_share(
         model, dataset, num_samples, seq_len, seed, text_column
     )
-    return oneshot(
-        model=str(model),
-        tokenizer=tokenizer,
-        dataset=data,
-        recipe=recipe,
-        output_dir=None if output_dir is None else str(output_dir),
-        num_calibration_samples=len(data),
-        max_seq_length=seq_len,
-        shuffle_calibration_samples=False,
-        propagate_error=calibration_changes_weights(modifiers),
-    )
+    with publishing(output_dir) as staging:  # whole, sealed, or not at all
+        return oneshot(
+            model=str(model),
+            tokenizer=tokenizer,
+            dataset=data,
+            recipe=recipe,
+            output_dir=None if staging is None else str(staging),
+            num_calibration_samples=len(data),
+            max_seq_length=seq_len,
+            shuffle_calibration_samples=False,
+            propagate_error=calibration_changes_weights(modifiers),
+        )
 
 
 def build_database(

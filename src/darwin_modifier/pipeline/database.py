@@ -10,6 +10,7 @@ from pathlib import Path
 
 from torch import nn
 
+from darwin_modifier.artifacts import config_digest, weights_digest
 from darwin_modifier.data.windows import check_text_column
 from darwin_modifier.database.build import DatabaseBuilder
 from darwin_modifier.database.store import DatabaseStore
@@ -34,7 +35,10 @@ def open_database(
     shape = DenseShape.from_config(model.config)
     ladders = config.checked_ladders(shape)
     identity = {
-        "source_model": getattr(model.config, "_name_or_path", ""),
+        # content, not path: the same weights elsewhere resume, new weights saved
+        # over the old path do not
+        "model_config": config_digest(model.config),
+        "model_weights": weights_digest(model),
         "shape": shape.__dict__,
         "calibration": calibration,
         "gqa_mode": config.gqa_mode,

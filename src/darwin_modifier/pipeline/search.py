@@ -13,6 +13,7 @@ from loguru import logger
 from torch import nn
 from transformers import AutoTokenizer
 
+from darwin_modifier.artifacts import holding
 from darwin_modifier.data.windows import load_texts, token_windows
 from darwin_modifier.database.assemble import assemble
 from darwin_modifier.database.store import DatabaseStore
@@ -91,39 +92,41 @@ def search(
         f"search: uniform parent {budget.params(parent):,} params, "
         f"budget {max_params:,}"
     )
-    best, history = parent, []
-    if config.generations > 0:
-        if tokenizer is None:
-            tokenizer = AutoTokenizer.from_pretrained(model.config._name_or_path)
-        device = next(model.parameters()).device
-        pools = build_pools(config, model, tokenizer)
-        if device.type != "cpu":
-            # the dense targets are cached: from here on the dense weights are only
-            # the source of block slices, which host memory serves as well
-            model.to("cpu")
-        bench = Workbench(
-            model,
-            store,
-            parent,
-            device=device,
-            train_embeddings=config.train_embeddings,
-        )
-        result = run_search(
-            bench,
-            budget,
-            parent,
-            max_params,
-            pools,
-            config,
-            config.search_dir,
-            fitness(bench, pools, config),
-        )
-        best, history = result.best, result.history
-        del bench
-        model.to(device)
-    outcome = SearchOutcome(parent, best, history)
-    if is_main():
-        write_report(Path(config.search_dir), store, outcome.uniform, best, history)
+    # held through the report, so another run never reads a half-written one
+    with holding(config.search_dir, "search_dir"):
+        best, history = parent, []
+        if config.generations > 0:
+            if tokenizer is None:
+                tokenizer = AutoTokenizer.from_pretrained(model.config._name_or_path)
+            device = next(model.parameters()).device
+            pools = build_pools(config, model, tokenizer)
+            if device.type != "cpu":
+                # the dense targets are cached: from here on the dense weights are only
+                # the source of block slices, which host memory serves as well
+                model.to("cpu")
+            bench = Workbench(
+                model,
+                store,
+                parent,
+                device=device,
+                train_embeddings=config.train_embeddings,
+            )
+            result = run_search(
+                bench,
+                budget,
+                parent,
+                max_params,
+                pools,
+                config,
+                config.search_dir,
+                fitness(bench, pools, config),
+            )
+            best, history = result.best, result.history
+            del bench
+            model.to(device)
+        outcome = SearchOutcome(parent, best, history)
+        if is_main():
+            write_report(Path(config.search_dir), store, outcome.uniform, best, history)
     return outcome
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from loguru import logger
 from tqdm.auto import tqdm
 
-from darwin_modifier.artifacts import require_same, write_json
+from darwin_modifier.artifacts import holding, replacing, require_same, write_json
 from darwin_modifier.distributed import is_main
 from darwin_modifier.search.budget import Budget
 from darwin_modifier.search.candidates import Workbench
@@ -80,8 +80,22 @@ def run_search(
 
     ``fitness`` defaults to DarwinLM's training-aware :class:`TrainedKL`.
     """
-    state_dir = Path(state_dir)
-    state_dir.mkdir(parents=True, exist_ok=True)
+    with holding(state_dir, "search_dir"):
+        return _evolve(
+            bench, budget, parent, max_params, pools, config, Path(state_dir), fitness
+        )
+
+
+def _evolve(
+    bench: Workbench,
+    budget: Budget,
+    parent: Genome,
+    max_params: int,
+    pools: Pools,
+    config: SearchConfig,
+    state_dir: Path,
+    fitness: Fitness | None,
+) -> SearchResult:
     fitness = fitness or TrainedKL(bench, pools, config)
     identity = search_identity(config, bench, pools, parent, max_params, fitness)
     rng = random.Random(config.seed)
@@ -95,6 +109,8 @@ def run_search(
             state["history"],
         )
         rng.setstate(_rng_state(state["rng"]))
+        if is_main():
+            _write_log(state_dir, history)  # a kill may have come between the two
         logger.info(f"search: resuming at generation {start} of {config.generations}")
     bar = tqdm(
         range(start, config.generations),
@@ -135,8 +151,7 @@ def run_search(
         bar.set_postfix(kl=f"{record['fitness']:.4f}")
         if is_main():
             _save_state(state_dir, identity, generation + 1, parent, history, rng)
-            with open(state_dir / LOG_FILE, "a") as log:
-                log.write(json.dumps(record) + "\n")
+            _write_log(state_dir, history)
     return SearchResult(parent, history)
 
 
@@ -150,6 +165,13 @@ def _save_state(state_dir: Path, identity, generation, parent, history, rng) -> 
         "rng": [version, list(internal), gauss],
     }
     write_json(state_dir / STATE_FILE, state, indent=None)
+
+
+def _write_log(state_dir: Path, history: list[dict]) -> None:
+    """The log, rewritten whole from the state's history (never appended), so that
+    it is never a line short of the state or torn."""
+    with replacing(state_dir / LOG_FILE) as partial:
+        partial.write_text("".join(json.dumps(record) + "\n" for record in history))
 
 
 def _rng_state(saved: list):

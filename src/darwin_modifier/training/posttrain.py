@@ -7,7 +7,6 @@ the same run. The trained model is saved in the same checkpoint format as the in
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
@@ -15,7 +14,14 @@ from loguru import logger
 from torch import nn
 from tqdm.auto import tqdm
 
-from darwin_modifier.artifacts import replacing, require_same, tokens_digest, write_json
+from darwin_modifier.artifacts import (
+    holding,
+    replacing,
+    require_same,
+    tokens_digest,
+    weights_digest,
+    write_json,
+)
 from darwin_modifier.evaluation.quality import evaluate
 from darwin_modifier.training.config import PostTrainConfig
 from darwin_modifier.training.losses import causal_lm_loss, distillation_loss
@@ -39,6 +45,21 @@ def post_train(
     stops the run there (its checkpoint is written first, so it can resume).
     """
     out_dir = Path(out_dir)
+    with holding(out_dir, "train_dir"):
+        return _post_train(
+            model, train_windows, settings, out_dir, teacher, eval_windows, on_step
+        )
+
+
+def _post_train(
+    model: nn.Module,
+    train_windows: torch.Tensor,
+    settings: PostTrainConfig,
+    out_dir: Path,
+    teacher: nn.Module | None,
+    eval_windows: torch.Tensor | None,
+    on_step: StepHook | None,
+) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     if settings.loss == "kd" and teacher is None:
         raise ValueError("loss 'kd' needs the dense teacher model (teacher=...)")
@@ -126,16 +147,10 @@ def _run_identity(
     model: nn.Module, windows: torch.Tensor, settings: PostTrainConfig
 ) -> dict:
     """What a resumed run must share with the one it continues: the starting weights
-    (a strided sample of every tensor, enough to tell two models apart), the text and
+    (a fingerprint of every tensor), the text and
     the settings that shape the schedule (not how often it evaluates or saves)."""
-    digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        flat = tensor.detach().reshape(-1)
-        sample = flat[:: max(1, flat.numel() // 4096)].float().cpu()
-        digest.update(f"{name}{tuple(tensor.shape)}".encode())
-        digest.update(sample.numpy().tobytes())
     return {
-        "weights": digest.hexdigest(),
+        "weights": weights_digest(model),
         "windows": tokens_digest(windows),
         "settings": settings.schedule_identity(),
     }

@@ -1,0 +1,66 @@
+"""One run per directory: a second run on a database, search or training directory
+that another process is using is refused instead of interleaving its writes.
+
+The lock is ``flock`` on ``<dir>/.lock``: the kernel drops it when its process dies,
+even by SIGKILL, so a killed run never leaves a stale lock behind. Within one process
+it is re-entrant (the modifier holds its database while its search opens it again).
+Under torchrun only the main rank takes it: every rank of one job shares the directory.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from darwin_modifier.distributed import is_main
+
+LOCK_FILE = ".lock"
+_held: dict[Path, tuple[int, int]] = {}  # directory -> (file descriptor, holders)
+
+
+def acquire(directory: str | os.PathLike, what: str) -> None:
+    """Hold ``directory`` for this process, or refuse naming the process that has it."""
+    if not is_main():
+        return
+    directory = Path(directory).resolve()
+    if directory in _held:
+        fd, holders = _held[directory]
+        _held[directory] = (fd, holders + 1)
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise RuntimeError(
+            f"{what} {directory} is in use by another run (process {owner}); wait for "
+            "it to finish, or give this run another directory"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    _held[directory] = (fd, 1)
+
+
+def release(directory: str | os.PathLike) -> None:
+    directory = Path(directory).resolve()
+    if directory not in _held:
+        return
+    fd, holders = _held.pop(directory)
+    if holders > 1:
+        _held[directory] = (fd, holders - 1)
+        return
+    os.close(fd)  # closing the last descriptor drops the flock
+
+
+@contextmanager
+def holding(directory: str | os.PathLike, what: str) -> Iterator[None]:
+    acquire(directory, what)
+    try:
+        yield
+    finally:
+        release(directory)
