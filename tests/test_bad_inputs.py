@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
@@ -224,3 +227,80 @@ def test_a_foreign_non_empty_output_dir_is_refused_before_any_work(tiny_dir, tmp
         oneshot_stages(str(tiny_dir), recipe, output_dir=str(out))
     assert not (tmp_path / "db").exists()  # refused before calibration
     assert [p.name for p in out.iterdir()] == ["thesis.tex"]
+
+
+def test_sliding_window_attention_is_refused():
+    from transformers import MistralConfig, Qwen2Config
+
+    from darwin_modifier.families import family_of
+
+    with pytest.raises(ValueError, match="sliding-window attention is not supported"):
+        family_of(MistralConfig(sliding_window=4096))
+    # Qwen2.5 configs name a window but do not use it
+    assert family_of(Qwen2Config(sliding_window=131072, use_sliding_window=False))
+
+
+def test_text_too_short_for_the_requested_tokens_is_named(tiny_dir, tmp_path):
+    from darwin_modifier.modifier.chain import calibration_share
+
+    short = tmp_path / "short.txt"
+    short.write_text("".join(f"line {i} of a short file\n" for i in range(100)))
+    with pytest.raises(
+        ValueError, match="short.txt: asked for 64 windows of 512 .*0 windows"
+    ):
+        calibration_share(tiny_dir, str(short), num_samples=64, seq_len=512)
+
+
+def test_an_unreachable_hub_dataset_is_named(monkeypatch):
+    import datasets
+
+    def offline(*args, **kwargs):
+        raise ConnectionError(
+            "Couldn't reach 'org/corpus' on the Hub (LocalEntryNotFound)"
+        )
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(ValueError, match="cannot open dataset 'org/corpus'.*network"):
+        load_texts("org/corpus", "train")
+
+
+@pytest.mark.parametrize("damage", ["truncate", "missing shard"])
+def test_corrupt_model_weights_are_refused_before_any_work(tiny_dir, tmp_path, damage):
+    import shutil
+
+    model = Path(shutil.copytree(tiny_dir, tmp_path / "model"))
+    weights = model / "model.safetensors"
+    if damage == "truncate":
+        weights.write_bytes(weights.read_bytes()[:-1000])
+        words = "model.safetensors are unreadable .* runs past the end"
+    else:
+        shard = {"weight_map": {"lm_head.weight": "model-00002-of-00002.safetensors"}}
+        (model / "model.safetensors.index.json").write_text(json.dumps(shard))
+        words = "names shards that are missing: \\['model-00002"
+    recipe = RECIPE.format(db=tmp_path / "db", search=tmp_path / "s")
+    with pytest.raises(ValueError, match=words):
+        oneshot_stages(str(model), recipe, output_dir=str(tmp_path / "out"))
+    assert not (tmp_path / "db").exists()
+
+
+def test_a_database_dir_that_cannot_be_written_is_named(tmp_path):
+    from darwin_modifier.database.store import DatabaseStore
+
+    (tmp_path / "file").write_text("in the way")
+    with pytest.raises(OSError, match="database_dir .*file/db cannot be written"):
+        DatabaseStore.open_or_create(tmp_path / "file" / "db", {}, {})
+
+
+def test_a_full_disk_keeps_the_old_file_and_says_the_run_resumes(tmp_path):
+    import errno
+
+    from darwin_modifier.artifacts import replacing, write_json
+
+    state = tmp_path / "search_state.json"
+    write_json(state, {"generation": 3})
+    with pytest.raises(OSError, match="no space left to write .*resumes from it"):
+        with replacing(state) as partial:
+            partial.write_text('{"generation": 4, ')
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert json.loads(state.read_text()) == {"generation": 3}
+    assert [p.name for p in tmp_path.iterdir()] == ["search_state.json"]

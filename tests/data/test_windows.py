@@ -24,3 +24,25 @@ def test_a_directory_is_split_by_file(tmp_path):
     assert all(parts.values())
     assert not parts["heldout"] & (parts["train"] | parts["calibration"])
     assert set().union(*parts.values()) == {f"document {i}" for i in range(40)}
+
+
+def test_token_ids_are_cached_per_text_and_tokenizer(tmp_path, monkeypatch):
+    from transformers import AutoTokenizer
+
+    from darwin_modifier.data import fetch_default_model
+    from darwin_modifier.data.token_cache import joined_ids
+
+    monkeypatch.setenv("DARWIN_CACHE", str(tmp_path))
+    tokenizer = AutoTokenizer.from_pretrained(fetch_default_model())
+    texts = ["def f(x):\n    return x", "import os", "print('hi')"]
+    fresh = []
+    for text in texts:
+        fresh += tokenizer(text, add_special_tokens=False)["input_ids"]
+        fresh.append(tokenizer.eos_token_id)
+    assert joined_ids(texts, tokenizer).tolist() == fresh  # tokenized and stored
+    (stored,) = (tmp_path / "tokens").iterdir()
+    assert joined_ids(texts, tokenizer).tolist() == fresh  # read back
+    last = len(tokenizer(texts[-1], add_special_tokens=False)["input_ids"]) + 1
+    assert joined_ids(texts[:2], tokenizer).tolist() == fresh[:-last]  # other texts
+    stored.write_bytes(stored.read_bytes()[:20])  # torn by a full disk
+    assert joined_ids(texts, tokenizer).tolist() == fresh

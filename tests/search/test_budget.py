@@ -159,3 +159,16 @@ def test_initial_genome():
         initial_genome(budget, 10, level=5)
     with pytest.raises(ValueError, match="removes every"):
         initial_genome(budget, level=LEVELS - 1)
+
+
+def test_an_extreme_target_is_described_before_the_search():
+    from darwin_modifier.search.budget import removal_warning
+
+    budget = Budget(even_table())
+    for fraction, warned in [(0.5, False), (0.01, True)]:
+        target = int(fraction * budget.dense_params())
+        parent = initial_genome(budget, target)
+        warning = removal_warning(budget, parent, target)
+        assert (warning is not None) == warned
+    assert "keeps 1.0% of the decoder-block parameters" in warning
+    assert "removes 10 of 12 attention and MLP blocks" in warning  # 2 x 100 kept

@@ -7,6 +7,7 @@ state, training checkpoints) goes through :func:`replacing`: the writer fills a
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from collections.abc import Iterator
@@ -22,6 +23,14 @@ def replacing(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield partial
         os.replace(partial, path)
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        raise OSError(
+            err.errno,
+            f"no space left to write {path}; free some and run the same command "
+            "again: what was finished is kept and the run resumes from it",
+        ) from err
     finally:
         partial.unlink(missing_ok=True)
 

@@ -78,9 +78,39 @@ def _describe(directory: Path) -> dict:
     return files
 
 
-def _tensor_hashes(path: Path) -> dict:
-    """The header's hash and each tensor's, from the safetensors layout (8-byte
-    little-endian header length, JSON header, then the data)."""
+def check_weights(directory: str | os.PathLike) -> None:
+    """Refuse a model directory whose safetensors files are cut short or corrupt, or
+    whose index names a missing shard: before loading, not deep inside it."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return  # a hub name: the hub's download checks it
+    for path in sorted(directory.glob("*.safetensors")):
+        try:
+            _header(path)
+        except ValueError as err:
+            raise ValueError(
+                f"model weights {path} are unreadable ({err}); download or save the "
+                "model again"
+            ) from err
+    for index in directory.glob("*.safetensors.index.json"):
+        try:
+            shards = set(json.loads(index.read_text())["weight_map"].values())
+        except (json.JSONDecodeError, KeyError, AttributeError) as err:
+            raise ValueError(
+                f"{index} is corrupt ({err}); save the model again"
+            ) from err
+        missing = sorted(s for s in shards if not (directory / s).exists())
+        if missing:
+            raise ValueError(
+                f"{index} names shards that are missing: {missing}; download or save "
+                "the model again"
+            )
+
+
+def _header(path: Path) -> tuple[dict, bytes, int]:
+    """(header, its raw bytes, where the data starts) of a safetensors file (8-byte
+    little-endian header length, JSON header, then the data); every tensor checked
+    to lie within the file."""
     size = path.stat().st_size
     with open(path, "rb") as file:
         prefix = file.read(8)
@@ -95,14 +125,21 @@ def _tensor_hashes(path: Path) -> dict:
     except json.JSONDecodeError as err:
         raise ValueError(f"header is not JSON ({err})") from err
     start = 8 + length
-    tensors = {}
-    for name, info in sorted(header.items()):
-        if name == "__metadata__":
-            continue
-        begin, end = info["data_offsets"]
-        if start + end > size:
+    for name, info in header.items():
+        if name != "__metadata__" and start + info["data_offsets"][1] > size:
             raise ValueError(f"tensor {name} runs past the end of the file")
-        tensors[name] = _hash_range(path, start + begin, end - begin)
+    return header, raw, start
+
+
+def _tensor_hashes(path: Path) -> dict:
+    """The header's hash and each tensor's, read from the file's own layout."""
+    header, raw, start = _header(path)
+    tensors = {
+        name: _hash_range(path, start + begin, end - begin)
+        for name, info in sorted(header.items())
+        if name != "__metadata__"
+        for begin, end in [info["data_offsets"]]
+    }
     return {"header_sha256": hashlib.sha256(raw).hexdigest(), "tensors": tensors}
 
 

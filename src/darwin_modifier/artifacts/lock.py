@@ -30,8 +30,15 @@ def acquire(directory: str | os.PathLike, what: str) -> None:
         fd, holders = _held[directory]
         _held[directory] = (fd, holders + 1)
         return
-    directory.mkdir(parents=True, exist_ok=True)
-    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:  # read-only, not ours, a file in the way
+        raise OSError(
+            err.errno,
+            f"{what} {directory} cannot be written ({err.strerror}); give a "
+            "directory this run can write",
+        ) from err
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -23,7 +23,10 @@ def calibration_dataset(
     from datasets import Dataset
 
     texts = load_texts(source, "calibration", text_column)
-    windows = token_windows(texts, tokenizer, seq_len, num_samples, seed=seed)
+    try:
+        windows = token_windows(texts, tokenizer, seq_len, num_samples, seed=seed)
+    except ValueError as err:
+        raise ValueError(f"calibration data {source}: {err}") from err
     return Dataset.from_dict(
         {
             "input_ids": windows.tolist(),

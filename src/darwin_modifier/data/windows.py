@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from darwin_modifier.data.corpus import SPLITS, corpus_split, split_of
+from darwin_modifier.data.token_cache import joined_ids
 
 # Hub datasets: the streamed "train" split (many pretraining corpora, FineWeb-Edu
 # among them, have no other), dealt out by document index so that the three splits
@@ -55,9 +56,19 @@ def load_texts(
         import datasets
 
         name, _, config = source.partition(":")
-        dataset = datasets.load_dataset(
-            name, config or None, split="train", streaming=True
-        )
+        try:
+            dataset = datasets.load_dataset(
+                name, config or None, split="train", streaming=True
+            )
+        except FileNotFoundError:
+            raise  # a local path that does not exist: its message names it
+        except (ConnectionError, OSError, ValueError) as err:
+            # the hub's own errors say "couldn't reach" or "doesn't exist" deep in
+            # a traceback; the fix depends on which
+            raise ValueError(
+                f"cannot open dataset {source!r}: {err}; check the name (and "
+                "'name:config'), the network, or give a local file or directory"
+            ) from err
         return _stream(dataset, split, text_column, source)
     if isinstance(source, Sequence) and all(isinstance(t, str) for t in source):
         return list(source)
@@ -153,27 +164,26 @@ def token_windows(
     streamed = not isinstance(texts, Sequence)
     if streamed and num_windows is None:
         raise ValueError("a streamed dataset needs a window count (num_windows)")
-    eos = tokenizer.eos_token_id
-    ids: list[int] = []
-    for text in texts:
-        ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
-        ids.append(eos)
-        if streamed and len(ids) >= num_windows * seq_len:
-            break
+    if streamed:
+        eos = tokenizer.eos_token_id
+        ids: list[int] = []
+        for text in texts:
+            ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
+            ids.append(eos)
+            if len(ids) >= num_windows * seq_len:
+                break
+    else:
+        ids = joined_ids(texts, tokenizer)
     total = len(ids) // seq_len
-    if total == 0:
+    if total == 0 or (num_windows is not None and num_windows > total):
+        asked = "one window" if num_windows is None else f"{num_windows} windows"
         raise ValueError(
-            f"the texts hold {len(ids)} tokens, fewer than one window of {seq_len}"
+            f"asked for {asked} of {seq_len} tokens but the texts hold {len(ids)} "
+            f"tokens ({total} windows); use fewer or shorter windows, or more text"
         )
-    windows = torch.tensor(ids[: total * seq_len]).view(total, seq_len)
+    windows = torch.as_tensor(ids[: total * seq_len]).view(total, seq_len)
     if num_windows is None:
         return windows
-    if num_windows > total:
-        raise ValueError(
-            f"asked for {num_windows} windows of {seq_len} tokens but the texts "
-            "hold only "
-            f"{total}; use fewer or shorter windows, or more text"
-        )
     if streamed:
         return windows[:num_windows]
     order = torch.randperm(total, generator=torch.Generator().manual_seed(seed))

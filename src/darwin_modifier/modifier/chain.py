@@ -20,6 +20,7 @@ import yaml
 from llmcompressor.modifiers import Modifier
 from llmcompressor.recipe import Recipe
 
+from darwin_modifier.artifacts.checkpoint import check_weights
 from darwin_modifier.artifacts.output import publishing
 from darwin_modifier.data.calibration import calibration_dataset
 from darwin_modifier.distributed import (
@@ -126,6 +127,8 @@ def oneshot_stages(
         source_recipe = infer_recipe_from_model_path(config._name_or_path or "")
     check_stages(stages, config)
     _refuse_output_over_input(model, output_dir)
+    if isinstance(model, str | os.PathLike):
+        check_weights(model)
 
     kwargs = dict(oneshot_kwargs)
     with (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from darwin_modifier.artifacts.checkpoint import check_weights
 from darwin_modifier.artifacts.output import publishing
 from darwin_modifier.database.store import DatabaseStore
 from darwin_modifier.modifier.base import DarwinLMModifier
@@ -26,6 +27,7 @@ def run_oneshot(
     from llmcompressor import oneshot
 
     modifiers = [m for stage in split_stages(recipe) for m in stage.modifiers]
+    check_weights(model)
     tokenizer, data = calibration_share(
         model, dataset, num_samples, seq_len, seed, text_column
     )

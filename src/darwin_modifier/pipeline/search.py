@@ -22,7 +22,7 @@ from darwin_modifier.format.shrink import shrink
 from darwin_modifier.pipeline.config import DarwinLMConfig
 from darwin_modifier.pipeline.report import RESULT_FILE, write_report
 from darwin_modifier.plan import Plan
-from darwin_modifier.search.budget import Budget, initial_genome
+from darwin_modifier.search.budget import Budget, initial_genome, removal_warning
 from darwin_modifier.search.candidates import Workbench
 from darwin_modifier.search.evolution import run_search
 from darwin_modifier.search.fitness import Fitness, Pools, TrainedKL
@@ -92,6 +92,8 @@ def search(
         f"search: uniform parent {budget.params(parent):,} params, "
         f"budget {max_params:,}"
     )
+    if warning := removal_warning(budget, parent, max_params):
+        logger.warning(f"search: {warning}")
     # held through the report, so another run never reads a half-written one
     with holding(config.search_dir, "search_dir"):
         best, history = parent, []

@@ -216,6 +216,25 @@ def for_target(params_table: Budget | ParamsTable, target_params: int) -> Genome
     return genome
 
 
+def removal_warning(budget: Budget, parent: Genome, max_params: int) -> str | None:
+    """What an extreme target produces, said before the search spends its time: a
+    parent that already removes most blocks leaves little of the model to search."""
+    removed = sum(
+        budget.module_params(module, i, level) == 0
+        for module in MODULES
+        for i, level in enumerate(parent.levels(module))
+    )
+    blocks = len(MODULES) * budget.num_layers
+    if removed <= blocks // 2:
+        return None
+    return (
+        f"the target keeps {max_params / budget.dense_params():.1%} of the "
+        f"decoder-block parameters: even the uniform parent removes {removed} of "
+        f"{blocks} attention and MLP blocks entirely, so expect a model far from the "
+        "dense one (raise target_fraction / target_params to keep more)"
+    )
+
+
 def initial_genome(
     params_table: Budget | ParamsTable,
     target_params: int | None = None,
