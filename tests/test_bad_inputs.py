@@ -304,3 +304,14 @@ def test_a_full_disk_keeps_the_old_file_and_says_the_run_resumes(tmp_path):
             raise OSError(errno.ENOSPC, "No space left on device")
     assert json.loads(state.read_text()) == {"generation": 3}
     assert [p.name for p in tmp_path.iterdir()] == ["search_state.json"]
+
+
+def test_pruning_an_already_shrunk_checkpoint_is_refused(tmp_path):
+    from darwin_modifier.format.shrink import shrink
+    from darwin_modifier.plan import Plan
+
+    dense = tiny_model()
+    plan = Plan.dense(DenseShape.from_config(dense.config))
+    shrunk = shrink(dense, plan, {})
+    with pytest.raises(ValueError, match="already shrunk by DarwinLM .*dense model"):
+        DarwinLMConfig().check_model(shrunk.config)

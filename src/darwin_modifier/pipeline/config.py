@@ -89,6 +89,13 @@ class DarwinLMConfig(SizeTarget, DatabaseConfig, SearchConfig, SaveDtype):
 
     def check_model(self, model_config) -> None:
         """Settings the model itself rules out, refused before any calibration."""
+        if str(getattr(model_config, "model_type", "")).startswith("darwinlm_"):
+            raise ValueError(
+                f"the model is already shrunk by DarwinLM "
+                f"(model_type={model_config.model_type}): its layers differ in size, "
+                "which the database's levels cannot describe; prune the dense model "
+                "with the smaller target instead"
+            )
         vocab = getattr(model_config, "vocab_size", None)
         if self.fitness == "topk_kl" and vocab and self.fitness_topk > vocab:
             raise ValueError(
