@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import signal
 import subprocess
@@ -33,6 +32,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+
+from serving_harness import device_info  # noqa: E402  (this folder: a sibling)
 
 from darwin_modifier.artifacts.checkpoint import MANIFEST, verify  # noqa: E402
 from darwin_modifier.data import fetch_default_model  # noqa: E402
@@ -240,7 +241,7 @@ def main() -> None:
         ]
     kills = [k for c in chains for k in c["kills"] if k["killed_in"] is not None]
     result = {
-        "machine": platform.processor() or platform.machine(),
+        "machine": device_info(),
         "seed": args.seed,
         "reference_s": round(wall, 1),
         "phases_s": {p: round(d, 1) for p, d in durations.items()},
