@@ -32,8 +32,8 @@ def test_token_ids_are_cached_per_text_and_tokenizer(tmp_path, monkeypatch):
     from darwin_modifier.data import fetch_default_model
     from darwin_modifier.data.token_cache import joined_ids
 
-    monkeypatch.setenv("DARWIN_CACHE", str(tmp_path))
     tokenizer = AutoTokenizer.from_pretrained(fetch_default_model())
+    monkeypatch.setenv("DARWIN_CACHE", str(tmp_path))  # after: the model is cached
     texts = ["def f(x):\n    return x", "import os", "print('hi')"]
     fresh = []
     for text in texts:
