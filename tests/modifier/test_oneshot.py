@@ -73,6 +73,10 @@ def test_recipe_round_trip(tiny_dir, tmp_path):
     assert (tmp_path / "search" / "profile.png").exists()
     assert (tmp_path / "search" / "search_curve.png").exists()
     assert len(result["fitness"]) == 2
+    # the curve's probe: the saved genome's held-out KL, never rising
+    assert [r["probe_best"] for r in result["history"]][-1] <= result["history"][0][
+        "probe_kl"
+    ]
 
 
 def saved_dtypes(checkpoint) -> set[str]:

@@ -172,3 +172,19 @@ def test_an_extreme_target_is_described_before_the_search():
         assert (warning is not None) == warned
     assert "keeps 1.0% of the decoder-block parameters" in warning
     assert "removes 10 of 12 attention and MLP blocks" in warning  # 2 x 100 kept
+
+
+def test_the_uniform_remainder_is_spread_over_the_depth():
+    from darwin_modifier.search.budget import spread_order
+
+    assert spread_order(8) == [0, 4, 2, 6, 1, 5, 3, 7]
+    assert sorted(spread_order(30)) == list(range(30))
+    budget = Budget(even_table(8))
+    level = 5
+    # room for four layers one level denser (an MLP and an attention step each)
+    target = budget.uniform_params(level) + 4 * (300 + 100)
+    parent = for_target(budget, target)
+    raised = [i for i in range(8) if parent.levels("mlp")[i] < level]
+    assert raised == [0, 2, 4, 6]  # evenly over the depth, not layers 0-3
+    assert [i for i in range(8) if parent.levels("attn")[i] < level] == raised
+    assert budget.params(parent) == target

@@ -259,3 +259,36 @@ def test_light_training_sees_exactly_the_stage_tokens(setup, monkeypatch):
     assert [b.shape[1] for b in batches] == [16, 16, 8]
     one_left = fitness_module._exactly(pools.train[:3], 33)  # 1 token: nothing to learn
     assert [b.shape[1] for b in one_left] == [16, 16]
+
+
+def test_the_probe_scores_each_parent_on_the_same_fixed_windows(setup, tmp_path):
+    from darwin_modifier.search.fitness import ProbeKL
+
+    model, store, budget, parent, pools = setup
+    probe_windows = torch.randint(
+        0, 128, (4, 16), generator=torch.Generator().manual_seed(11)
+    )
+    probe_pool = Pools.build(model, probe_windows[:0], probe_windows, None, 4)
+    settings = SearchConfig(
+        generations=4, offspring=4, selection_stages=STAGES, learning_rate=1e-3
+    )
+    bench = Workbench(model, store, parent)
+    probe = ProbeKL(bench, probe_pool, settings)
+    result = run_search(
+        bench,
+        budget,
+        parent,
+        budget.params(parent),
+        pools,
+        settings,
+        tmp_path / "s",
+        probe=probe,
+    )
+    fresh = ProbeKL(Workbench(model, store, parent), probe_pool, settings)
+    for record in result.history:  # the parent's KL on the probe, as a fresh scorer
+        genome = Genome.from_dict(record["parent"])
+        assert record["probe_kl"] == pytest.approx(fresh(genome), rel=1e-6)
+    best = [r["probe_best"] for r in result.history]
+    assert best == sorted(best, reverse=True)  # never rises
+    assert best[-1] == min(r["probe_kl"] for r in result.history)
+    assert fresh(parent) > 0

@@ -15,21 +15,39 @@ def _pyplot():
 
 
 def plot_search_curve(path: Path, history: list[dict]) -> None:
-    """Parent fitness per generation, and the median of the first stage's offspring."""
+    """The parent's KL on the fixed held-out probe per generation (and the best so
+    far), with the selection fitness beside it; without a probe, the selection
+    fitness and the first stage's offspring median, titled as what they are."""
     if not history:
         return
     plt = _pyplot()
     gens = [r["generation"] for r in history]
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(gens, [r["fitness"] for r in history], label="parent (last stage)")
+    probed = all("probe_kl" in r for r in history)
+    if probed:
+        ax.plot(gens, [r["probe_kl"] for r in history], "o-", label="parent (probe)")
+        ax.plot(
+            gens, [r["probe_best"] for r in history], "k--", label="best so far (probe)"
+        )
+        title = "DarwinLM search: parent on a fixed held-out probe"
+    else:
+        ax.plot(
+            gens,
+            [r["stage1_median"] for r in history],
+            label="offspring median (stage 1)",
+        )
+        title = "DarwinLM search: selection fitness (fresh tokens each generation)"
     ax.plot(
-        gens, [r["stage1_median"] for r in history], label="offspring median (stage 1)"
+        gens,
+        [r["fitness"] for r in history],
+        alpha=0.5 if probed else 1.0,
+        label="selection fitness (parent, trained, fresh tokens)",
     )
     ax.set_xlabel("generation")
     ax.set_ylabel("KL(dense ‖ pruned)")
     ax.set_yscale("log")
-    ax.set_title("DarwinLM search")
-    ax.legend()
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

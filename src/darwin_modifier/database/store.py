@@ -75,13 +75,17 @@ class DatabaseStore:
         path = root / "manifest.json"
         lock.acquire(root, "database_dir")  # released by close()
         if path.exists():
-            store = cls.open(root)
-            require_same(
-                {k: store.manifest.get(k) for k in [*identity, "ladders"]},
-                {**identity, "ladders": ladders},
-                what=f"database at {root} was built from different inputs",
-                fix="use another database directory or delete this one",
-            )
+            try:
+                store = cls.open(root)
+                require_same(
+                    {k: store.manifest.get(k) for k in [*identity, "ladders"]},
+                    {**identity, "ladders": ladders},
+                    what=f"database at {root} was built from different inputs",
+                    fix="use another database directory or delete this one",
+                )
+            except (ValueError, OSError):
+                lock.release(root)  # refused: another run may use it
+                raise
             return store
         if not is_main():
             raise RuntimeError(

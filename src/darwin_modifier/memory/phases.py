@@ -154,7 +154,10 @@ def search_phases(spec: ModelSpec, config) -> list[Phase]:
     dense_blocks = Plan.dense(s).block_params()
     blocks = target_block_params(spec, config)
     fraction = blocks / dense_blocks
-    fit_tokens = -(-config.fitness_pool_tokens // seq) * seq
+    # the probe's dense targets (the search curve) sit beside the fitness pool's
+    fit_tokens = (
+        -(-config.fitness_pool_tokens // seq) - (-config.probe_tokens // seq)
+    ) * seq
     train_tokens = -(-config.train_pool_tokens // seq) * seq
     if config.fitness == "topk_kl":
         k = min(config.fitness_topk, spec.vocab_size)

@@ -25,7 +25,7 @@ from darwin_modifier.plan import Plan
 from darwin_modifier.search.budget import Budget, initial_genome, removal_warning
 from darwin_modifier.search.candidates import Workbench
 from darwin_modifier.search.evolution import run_search
-from darwin_modifier.search.fitness import Fitness, Pools, TrainedKL
+from darwin_modifier.search.fitness import Fitness, Pools, ProbeKL, TrainedKL
 from darwin_modifier.search.genome import Genome
 
 # (workbench, pools, config) -> fitness; e.g. TrainedKL or search.fitness.untrained_kl
@@ -75,6 +75,21 @@ def build_pools(config: DarwinLMConfig, model: nn.Module, tokenizer) -> Pools:
     return Pools.build(model, train, fitness, topk, config.eval_batch_size)
 
 
+def build_probe(config: DarwinLMConfig, model: nn.Module, tokenizer) -> Pools | None:
+    """The fixed held-out windows the search curve is measured on (held-out split:
+    never trained or selected on), with their dense targets."""
+    if config.probe_tokens == 0:
+        return None
+    seq = config.search_seq_len
+    texts = load_texts(config.search_dataset, "heldout", config.search_text_column)
+    windows = token_windows(
+        texts, tokenizer, seq, -(-config.probe_tokens // seq), seed=config.seed
+    )
+    topk = config.fitness_topk if config.fitness == "topk_kl" else None
+    no_training = windows[:0]
+    return Pools.build(model, no_training, windows, topk, config.eval_batch_size)
+
+
 def search(
     model: nn.Module,
     store: DatabaseStore,
@@ -102,6 +117,7 @@ def search(
                 tokenizer = AutoTokenizer.from_pretrained(model.config._name_or_path)
             device = next(model.parameters()).device
             pools = build_pools(config, model, tokenizer)
+            probe = build_probe(config, model, tokenizer)
             if device.type != "cpu":
                 # the dense targets are cached: from here on the dense weights are only
                 # the source of block slices, which host memory serves as well
@@ -122,6 +138,7 @@ def search(
                 config,
                 config.search_dir,
                 fitness(bench, pools, config),
+                probe=None if probe is None else ProbeKL(bench, probe, config),
             )
             best, history = result.best, result.history
             del bench

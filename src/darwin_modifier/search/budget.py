@@ -176,9 +176,11 @@ def for_target(params_table: Budget | ParamsTable, target_params: int) -> Genome
     """The densest near-uniform genome with ``params <= target_params``.
 
     Start from the smallest uniform level that fits the target, then lower single
-    modules (add parameters) in passes over the layers, MLP then attention from layer 0,
-    while the target still holds. Deterministic; the result is canonical. ValueError if
-    the target is above the dense model or too small to keep anything.
+    modules (add parameters) while the target still holds, in passes over the layers
+    in :func:`spread_order` (MLP, then attention, of each): whatever remainder the
+    uniform level leaves goes to modules spread evenly over the depth, not to the
+    first layers. Deterministic; the result is canonical. ValueError if the target
+    is above the dense model or too small to keep anything.
     """
     budget = Budget.coerce(params_table)
     target = int(target_params)
@@ -204,7 +206,7 @@ def for_target(params_table: Budget | ParamsTable, target_params: int) -> Genome
     changed = True
     while changed:
         changed = False
-        for i in range(n):
+        for i in spread_order(n):
             for module in ("mlp", "attn"):
                 total, moved = _try_lower(budget, levels, module, i, total, target)
                 changed |= moved
@@ -214,6 +216,24 @@ def for_target(params_table: Budget | ParamsTable, target_params: int) -> Genome
             f"target {target} is too small: every attention and MLP block would go"
         )
     return genome
+
+
+def spread_order(n: int) -> list[int]:
+    """Layers ``0..n-1`` in an order whose every prefix is spread evenly over the
+    depth: the van der Corput sequence (0, 1/2, 1/4, 3/4, 1/8, ...) scaled to ``n``."""
+    order: list[int] = []
+    j = 0
+    while len(order) < n:
+        fraction, bit, k = 0.0, 0.5, j
+        while k:
+            fraction += bit * (k & 1)
+            k >>= 1
+            bit /= 2
+        layer = int(fraction * n)
+        if layer not in order:
+            order.append(layer)
+        j += 1
+    return order
 
 
 def removal_warning(budget: Budget, parent: Genome, max_params: int) -> str | None:

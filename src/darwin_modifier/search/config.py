@@ -86,6 +86,9 @@ class SearchConfig(BaseModel):
     search_seq_len: int = Field(default=4096, ge=8)
     fitness_pool_tokens: int = Field(default=100_000, ge=1)
     train_pool_tokens: int = Field(default=500_000, ge=0)
+    # held-out tokens the parent is scored on every generation: the search curve's
+    # progress on fixed data (selection draws fresh tokens); 0 for none
+    probe_tokens: int = Field(default=4096, ge=0)
     eval_batch_size: int = Field(default=4, ge=1)
     # the light training's memory: see training.config.OptimConfig
     gradient_checkpointing: bool = False

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import random
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,84 +76,95 @@ def run_search(
     config: SearchConfig,
     state_dir: str | Path,
     fitness: Fitness | None = None,
+    probe: Callable[[Genome], float] | None = None,
 ) -> SearchResult:
     """Evolve from ``parent`` for ``config.generations``, resuming from ``state_dir``.
 
-    ``fitness`` defaults to DarwinLM's training-aware :class:`TrainedKL`.
+    ``fitness`` defaults to DarwinLM's training-aware :class:`TrainedKL`. With
+    ``probe`` (e.g. :class:`~darwin_modifier.search.fitness.ProbeKL`), every
+    generation's record also has the parent's ``probe_kl`` and the lowest so far,
+    ``probe_best``.
     """
-    with holding(state_dir, "search_dir"):
-        return _evolve(
-            bench, budget, parent, max_params, pools, config, Path(state_dir), fitness
-        )
-
-
-def _evolve(
-    bench: Workbench,
-    budget: Budget,
-    parent: Genome,
-    max_params: int,
-    pools: Pools,
-    config: SearchConfig,
-    state_dir: Path,
-    fitness: Fitness | None,
-) -> SearchResult:
+    state_dir = Path(state_dir)
     fitness = fitness or TrainedKL(bench, pools, config)
     identity = search_identity(config, bench, pools, parent, max_params, fitness)
     rng = random.Random(config.seed)
-    history: list[dict] = []
-    start = 0
-    state = _load_state(state_dir, identity)
-    if state is not None:
-        start, parent, history = (
-            state["generation"],
-            Genome.from_dict(state["parent"]),
-            state["history"],
-        )
-        rng.setstate(_rng_state(state["rng"]))
-        if is_main():
-            _write_log(state_dir, history)  # a kill may have come between the two
-        logger.info(f"search: resuming at generation {start} of {config.generations}")
-    bar = tqdm(
-        range(start, config.generations),
-        desc="DarwinLM search",
-        initial=start,
-        total=config.generations,
-        disable=not is_main(),
-    )
-    for generation in bar:
-        children: list[Genome] = []
-        for _ in range(config.offspring):
-            child = mutate(
-                parent,
-                rng,
-                budget,
-                config.max_flips,
-                max_params=max_params,
-                exclude=set(children) | {parent},
+    with holding(state_dir, "search_dir"):
+        history: list[dict] = []
+        start = 0
+        state = _load_state(state_dir, identity)
+        if state is not None:
+            start, parent, history = (
+                state["generation"],
+                Genome.from_dict(state["parent"]),
+                state["history"],
             )
-            children.append(child)
-        parent, stages = successive_halving(
-            children,
-            parent,
-            config.selection_stages,
-            lambda genome, stage, g=generation: fitness(genome, g, stage),
+            rng.setstate(_rng_state(state["rng"]))
+            if is_main():
+                _write_log(state_dir, history)  # a kill may have come between two
+            logger.info(
+                f"search: resuming at generation {start} of {config.generations}"
+            )
+        bar = tqdm(
+            range(start, config.generations),
+            desc="DarwinLM search",
+            initial=start,
+            total=config.generations,
+            disable=not is_main(),
         )
-        final = dict((g, f) for g, f in stages[-1])
-        first = [f for _, f in stages[0]]
-        record = {
-            "generation": generation,
-            "fitness": final[parent],
-            "stage1_median": statistics.median(first),
-            "stage1_best": min(first),
-            "params": budget.params(parent),
-            "parent": parent.to_dict(),
-        }
-        history.append(record)
-        bar.set_postfix(kl=f"{record['fitness']:.4f}")
-        if is_main():
-            _save_state(state_dir, identity, generation + 1, parent, history, rng)
-            _write_log(state_dir, history)
+        for generation in bar:
+            parent, record = _generation(
+                parent, generation, rng, budget, max_params, config, fitness
+            )
+            if probe is not None:
+                record["probe_kl"] = probe(parent)
+                earlier = [r["probe_best"] for r in history if "probe_best" in r]
+                record["probe_best"] = min([record["probe_kl"], *earlier])
+            history.append(record)
+            bar.set_postfix(kl=f"{record.get('probe_kl', record['fitness']):.4f}")
+            if is_main():
+                _save_state(state_dir, identity, generation + 1, parent, history, rng)
+                _write_log(state_dir, history)
     return SearchResult(parent, history)
+
+
+def _generation(
+    parent: Genome,
+    generation: int,
+    rng: random.Random,
+    budget: Budget,
+    max_params: int,
+    config: SearchConfig,
+    fitness: Fitness,
+) -> tuple[Genome, dict]:
+    """One (1 + λ) step: offspring by mutation, survivors by successive halving."""
+    children: list[Genome] = []
+    for _ in range(config.offspring):
+        child = mutate(
+            parent,
+            rng,
+            budget,
+            config.max_flips,
+            max_params=max_params,
+            exclude=set(children) | {parent},
+        )
+        children.append(child)
+    parent, stages = successive_halving(
+        children,
+        parent,
+        config.selection_stages,
+        lambda genome, stage: fitness(genome, generation, stage),
+    )
+    final = dict(stages[-1])
+    first = [f for _, f in stages[0]]
+    return parent, {
+        "generation": generation,
+        "fitness": final[parent],
+        "stage1_median": statistics.median(first),
+        "stage1_best": min(first),
+        "params": budget.params(parent),
+        "parent": parent.to_dict(),
+    }
 
 
 def _save_state(state_dir: Path, identity, generation, parent, history, rng) -> None:

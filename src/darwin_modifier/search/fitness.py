@@ -148,3 +148,22 @@ class TrainedKL:
 def untrained_kl(bench: Workbench, pools: Pools, config: SearchConfig) -> TrainedKL:
     """The EvoPress-style ablation: the same selection, no light training."""
     return TrainedKL(bench, pools, config, train=False)
+
+
+class ProbeKL:
+    """A genome's KL on one fixed set of held-out windows, untrained: what the search
+    curve plots. Selection scores each generation on fresh tokens after light
+    training, so its values move with the tokens as much as with the genome; this
+    one moves only with the genome, and is what the saved model (stitched from the
+    database, before post-training) gives."""
+
+    def __init__(self, bench: Workbench, probe: Pools, config: SearchConfig):
+        self.scorer = TrainedKL(bench, probe, config, train=False)
+        self._scores: dict[Genome, float] = {}  # a parent often survives generations
+
+    def __call__(self, genome: Genome) -> float:
+        if genome not in self._scores:
+            model = self.scorer.bench.load(genome)
+            every = torch.arange(len(self.scorer.pools.fitness))
+            self._scores[genome] = self.scorer.kl(model, every)
+        return self._scores[genome]
