@@ -315,3 +315,11 @@ def test_pruning_an_already_shrunk_checkpoint_is_refused(tmp_path):
     shrunk = shrink(dense, plan, {})
     with pytest.raises(ValueError, match="already shrunk by DarwinLM .*dense model"):
         DarwinLMConfig().check_model(shrunk.config)
+
+
+def test_a_work_directory_inside_the_output_is_refused(tiny_dir, tmp_path):
+    out = tmp_path / "out"
+    recipe = RECIPE.format(db=out / "db", search=tmp_path / "s")
+    with pytest.raises(ValueError, match="database_dir .*/out/db is inside output_dir"):
+        oneshot_stages(str(tiny_dir), recipe, output_dir=str(out))
+    assert not out.exists()

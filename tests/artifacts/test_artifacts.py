@@ -54,7 +54,7 @@ def test_weights_digest_follows_content_not_path():
 HOLD = """
 import sys, time
 from darwin_modifier.artifacts.lock import acquire
-acquire(sys.argv[1], "search_dir")
+acquire(sys.argv[1], "search_dir", *sys.argv[2:])
 print("held", flush=True)
 time.sleep(600)
 """
@@ -142,10 +142,36 @@ def test_the_output_appears_whole_and_replaces_only_our_own(tmp_path):
     with publishing(out) as staging:  # the next one replaces it whole
         _checkpoint(staging, seed=1)
     assert verify(out) == [] and not (out / "model.safetensors.index.json").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    # no .partial or .replaced left; the lock that keeps other runs off stays beside
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.lock", "out"]
 
     out.rename(tmp_path / "out.replaced")  # killed between the two renames
     with publishing(out) as staging:
         assert (out / "config.json").exists()  # the previous checkpoint is back
         _checkpoint(staging, seed=2)
     assert verify(out) == []
+
+
+def test_two_runs_never_publish_to_one_output_at_once(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from darwin_modifier.artifacts.output import publishing
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(tmp_path), ".out.lock"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(
+            RuntimeError, match="output_dir .*/out is in use by another"
+        ):
+            with publishing(tmp_path / "out"):
+                raise AssertionError("refused before the work starts")
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert not (tmp_path / "out.partial").exists()

@@ -24,6 +24,7 @@ MANIFEST = "darwinlm_checkpoint.json"
 FORMAT_VERSION = 1
 _IGNORED = {MANIFEST, ".lock"}
 _CHUNK = 1 << 24
+_MAX_HEADER = 100_000_000
 
 
 def seal(directory: str | os.PathLike) -> dict:
@@ -117,6 +118,8 @@ def _header(path: Path) -> tuple[dict, bytes, int]:
         if len(prefix) < 8:
             raise ValueError("shorter than a safetensors header")
         (length,) = struct.unpack("<Q", prefix)
+        if length > _MAX_HEADER:  # safetensors' own limit: a corrupt length
+            raise ValueError(f"header length {length} is not a safetensors header")
         if 8 + length > size:
             raise ValueError(f"header of {length} bytes runs past the end ({size})")
         raw = file.read(length)
@@ -124,9 +127,21 @@ def _header(path: Path) -> tuple[dict, bytes, int]:
         header = json.loads(raw)
     except json.JSONDecodeError as err:
         raise ValueError(f"header is not JSON ({err})") from err
+    if not isinstance(header, dict):
+        raise ValueError("header is not a JSON object")
     start = 8 + length
     for name, info in header.items():
-        if name != "__metadata__" and start + info["data_offsets"][1] > size:
+        if name == "__metadata__":
+            continue
+        offsets = info.get("data_offsets") if isinstance(info, dict) else None
+        if not (
+            isinstance(offsets, list)
+            and len(offsets) == 2
+            and all(isinstance(o, int) for o in offsets)
+            and 0 <= offsets[0] <= offsets[1]
+        ):
+            raise ValueError(f"tensor {name} has no valid data_offsets")
+        if start + offsets[1] > size:
             raise ValueError(f"tensor {name} runs past the end of the file")
     return header, raw, start
 

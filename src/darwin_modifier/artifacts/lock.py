@@ -18,21 +18,26 @@ from pathlib import Path
 from darwin_modifier.distributed import is_main
 
 LOCK_FILE = ".lock"
-_held: dict[Path, tuple[int, int]] = {}  # directory -> (file descriptor, holders)
+_held: dict[Path, tuple[int, int]] = {}  # lock file -> (file descriptor, holders)
 
 
-def acquire(directory: str | os.PathLike, what: str) -> None:
-    """Hold ``directory`` for this process, or refuse naming the process that has it."""
+def acquire(
+    directory: str | os.PathLike, what: str, lock_file: str = LOCK_FILE
+) -> None:
+    """Hold ``directory`` for this process, or refuse naming the process that has it.
+    (``lock_file`` names the lock in ``directory``: the output's lock sits beside it,
+    in its parent, because the output itself is replaced whole.)"""
     if not is_main():
         return
     directory = Path(directory).resolve()
-    if directory in _held:
-        fd, holders = _held[directory]
-        _held[directory] = (fd, holders + 1)
+    key = directory / lock_file
+    if key in _held:
+        fd, holders = _held[key]
+        _held[key] = (fd, holders + 1)
         return
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(key, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as err:  # read-only, not ours, a file in the way
         raise OSError(
             err.errno,
@@ -44,30 +49,33 @@ def acquire(directory: str | os.PathLike, what: str) -> None:
     except BlockingIOError:
         owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
         os.close(fd)
+        named = directory if lock_file == LOCK_FILE else directory / lock_file[1:-5]
         raise RuntimeError(
-            f"{what} {directory} is in use by another run (process {owner}); wait for "
+            f"{what} {named} is in use by another run (process {owner}); wait for "
             "it to finish, or give this run another directory"
         ) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, str(os.getpid()).encode(), 0)
-    _held[directory] = (fd, 1)
+    _held[key] = (fd, 1)
 
 
-def release(directory: str | os.PathLike) -> None:
-    directory = Path(directory).resolve()
-    if directory not in _held:
+def release(directory: str | os.PathLike, lock_file: str = LOCK_FILE) -> None:
+    key = Path(directory).resolve() / lock_file
+    if key not in _held:
         return
-    fd, holders = _held.pop(directory)
+    fd, holders = _held.pop(key)
     if holders > 1:
-        _held[directory] = (fd, holders - 1)
+        _held[key] = (fd, holders - 1)
         return
     os.close(fd)  # closing the last descriptor drops the flock
 
 
 @contextmanager
-def holding(directory: str | os.PathLike, what: str) -> Iterator[None]:
-    acquire(directory, what)
+def holding(
+    directory: str | os.PathLike, what: str, lock_file: str = LOCK_FILE
+) -> Iterator[None]:
+    acquire(directory, what, lock_file)
     try:
         yield
     finally:
-        release(directory)
+        release(directory, lock_file)

@@ -7,7 +7,10 @@ checkpoint or the new one at ``<output>``, never a mix: an older sharded save's
 ``model.safetensors.index.json`` cannot survive next to a new single-file save. The
 siblings ``.partial`` and ``.replaced`` are this package's own and are cleared when a
 run starts. A non-empty ``<output>`` that is not a sealed checkpoint of ours is refused
-before any work: it may be anything, and the swap would delete it.
+before any work: it may be anything, and the swap would delete it. Two runs never
+publish to one output at once (a lock ``.<output>.lock`` beside it), and a run's own
+database, search or training directory may not lie inside its output, which the swap
+replaces (:func:`refuse_work_dirs_inside`).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from darwin_modifier.artifacts import lock
 from darwin_modifier.artifacts.checkpoint import MANIFEST, seal
 from darwin_modifier.distributed import barrier, is_main
 
@@ -42,6 +46,13 @@ def publishing(output_dir: str | os.PathLike | None) -> Iterator[Path | None]:
         yield None
         return
     output = Path(output_dir)
+    with lock.holding(output.parent, "output_dir", f".{output.name}.lock"):
+        with _published(output) as staging:
+            yield staging
+
+
+@contextmanager
+def _published(output: Path) -> Iterator[Path]:
     staging, replaced = _siblings(output)
     if is_main():
         if replaced.exists() and not output.exists():
@@ -59,6 +70,22 @@ def publishing(output_dir: str | os.PathLike | None) -> Iterator[Path | None]:
         os.replace(staging, output)
         shutil.rmtree(replaced, ignore_errors=True)
     barrier()
+
+
+def refuse_work_dirs_inside(
+    output_dir: str | os.PathLike | None, work_dirs: dict[str, str]
+) -> None:
+    """``work_dirs``: field name -> directory a run keeps its resumable state in."""
+    if output_dir is None:
+        return
+    output = Path(output_dir).resolve()
+    for field, directory in work_dirs.items():
+        path = Path(directory).resolve()
+        if path == output or output in path.parents:
+            raise ValueError(
+                f"{field} {directory} is inside output_dir {output_dir}, which is "
+                "replaced whole when the run finishes; put it beside the output"
+            )
 
 
 def _siblings(output: Path) -> tuple[Path, Path]:

@@ -24,7 +24,7 @@ def joined_ids(texts: Sequence[str], tokenizer) -> np.ndarray:
     if path is not None and path.exists():
         try:
             return np.load(path).astype(np.int64)
-        except (OSError, ValueError):
+        except (OSError, ValueError, EOFError):
             path.unlink(missing_ok=True)  # torn by a full disk: tokenize again
     eos = tokenizer.eos_token_id
     ids: list[int] = []
@@ -35,9 +35,12 @@ def joined_ids(texts: Sequence[str], tokenizer) -> np.ndarray:
     if path is not None:
         # each process its own temporary name: ranks may fill the cache at once
         partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-        with open(partial, "wb") as out:
-            np.save(out, array.astype(np.int32))
-        os.replace(partial, path)
+        try:
+            with open(partial, "wb") as out:
+                np.save(out, array.astype(np.int32))
+            os.replace(partial, path)
+        except OSError:  # a full or read-only cache: the run goes on without it
+            partial.unlink(missing_ok=True)
     return array
 
 

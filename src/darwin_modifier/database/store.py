@@ -57,6 +57,7 @@ class DatabaseStore:
         self.dtype = getattr(torch, manifest.get("storage_dtype", "float16"))
         self._handles: dict[int, object] = {}
         self.damaged: dict[int, str] = {}  # listed layers whose file is unusable
+        self._owns_lock = False  # open_or_create's lock, until close()
         self._drop_damaged_layers()
 
     # ---- creation, resume, refusal --------------------------------------------------
@@ -83,9 +84,10 @@ class DatabaseStore:
                     what=f"database at {root} was built from different inputs",
                     fix="use another database directory or delete this one",
                 )
-            except (ValueError, OSError):
+            except BaseException:
                 lock.release(root)  # refused: another run may use it
                 raise
+            store._owns_lock = True
             return store
         if not is_main():
             raise RuntimeError(
@@ -101,6 +103,7 @@ class DatabaseStore:
         }
         store = cls(root, manifest)
         store._write_manifest()
+        store._owns_lock = True
         return store
 
     @classmethod
@@ -253,7 +256,9 @@ class DatabaseStore:
     def close(self) -> None:
         """Let other runs use the directory (after :meth:`open_or_create`)."""
         self._handles.clear()
-        lock.release(self.root)
+        if self._owns_lock:
+            self._owns_lock = False
+            lock.release(self.root)
 
     def nbytes(self) -> int:
         return sum(p.stat().st_size for p in self.root.glob("layer_*.safetensors"))

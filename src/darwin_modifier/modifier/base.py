@@ -65,19 +65,21 @@ class DarwinLMModifier(Modifier, DarwinLMConfig):
         # Not in on_calibration_end: LLM Compressor's calibration context is still
         # active there (no grad, LM head disabled), and the search needs both.
         self.remove_hooks()
-        self._store.require_complete()
-        if self.generations > 0:
-            undo_offloading(state.model)  # the light training needs real parameters
-        best = search(state.model, self._store, self).best
-        if self.shrink:
-            plan, overrides = assemble(self._store, best.attn, best.mlp)
-            shrink_in_place(state.model, plan, overrides)
-            logger.info(
-                f"DarwinLM: decoder blocks {plan.block_params():,} params "
-                f"({plan.kept_fraction():.1%} of dense)"
-            )
+        try:
+            self._store.require_complete()
+            if self.generations > 0:
+                undo_offloading(state.model)  # light training needs real parameters
+            best = search(state.model, self._store, self).best
+            if self.shrink:
+                plan, overrides = assemble(self._store, best.attn, best.mlp)
+                shrink_in_place(state.model, plan, overrides)
+                logger.info(
+                    f"DarwinLM: decoder blocks {plan.block_params():,} params "
+                    f"({plan.kept_fraction():.1%} of dense)"
+                )
+        finally:
+            self._store.close()  # the directory is free for other runs
         state.model.to(self.output_dtype(self._given_dtype))
-        self._store.close()
         return True
 
 

@@ -21,7 +21,7 @@ from llmcompressor.modifiers import Modifier
 from llmcompressor.recipe import Recipe
 
 from darwin_modifier.artifacts.checkpoint import check_weights
-from darwin_modifier.artifacts.output import publishing
+from darwin_modifier.artifacts.output import publishing, refuse_work_dirs_inside
 from darwin_modifier.data.calibration import calibration_dataset
 from darwin_modifier.distributed import (
     barrier,
@@ -127,6 +127,7 @@ def oneshot_stages(
         source_recipe = infer_recipe_from_model_path(config._name_or_path or "")
     check_stages(stages, config)
     _refuse_output_over_input(model, output_dir)
+    refuse_work_dirs_inside(output_dir, work_dirs(stages))
     if isinstance(model, str | os.PathLike):
         check_weights(model)
 
@@ -238,6 +239,17 @@ def calibration_share(
     if world_size() > 1:
         data = data.shard(world_size(), rank(), contiguous=True)
     return tokenizer, data
+
+
+def work_dirs(stages: Sequence[Recipe]) -> dict[str, str]:
+    """Where the stages' modifiers keep resumable state, by field name."""
+    found = {}
+    for stage in stages:
+        for modifier in stage.modifiers:
+            for field in ("database_dir", "search_dir", "train_dir"):
+                if directory := getattr(modifier, field, None):
+                    found[f"{type(modifier).__name__}.{field}"] = directory
+    return found
 
 
 def _refuse_output_over_input(model, output_dir) -> None:

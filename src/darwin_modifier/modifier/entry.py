@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from darwin_modifier.artifacts.checkpoint import check_weights
-from darwin_modifier.artifacts.output import publishing
+from darwin_modifier.artifacts.output import publishing, refuse_work_dirs_inside
 from darwin_modifier.database.store import DatabaseStore
 from darwin_modifier.modifier.base import DarwinLMModifier
-from darwin_modifier.modifier.chain import calibration_share, split_stages
+from darwin_modifier.modifier.chain import calibration_share, split_stages, work_dirs
 from darwin_modifier.modifier.rules import calibration_changes_weights
 from darwin_modifier.pipeline import load_database
 
@@ -26,8 +26,10 @@ def run_oneshot(
     """``oneshot`` with our calibration windows; returns the (shrunk) model."""
     from llmcompressor import oneshot
 
-    modifiers = [m for stage in split_stages(recipe) for m in stage.modifiers]
+    stages = split_stages(recipe)
+    modifiers = [m for stage in stages for m in stage.modifiers]
     check_weights(model)
+    refuse_work_dirs_inside(output_dir, work_dirs(stages))
     tokenizer, data = calibration_share(
         model, dataset, num_samples, seq_len, seed, text_column
     )

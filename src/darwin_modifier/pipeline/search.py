@@ -82,9 +82,13 @@ def build_probe(config: DarwinLMConfig, model: nn.Module, tokenizer) -> Pools | 
         return None
     seq = config.search_seq_len
     texts = load_texts(config.search_dataset, "heldout", config.search_text_column)
-    windows = token_windows(
-        texts, tokenizer, seq, -(-config.probe_tokens // seq), seed=config.seed
-    )
+    try:
+        windows = token_windows(
+            texts, tokenizer, seq, -(-config.probe_tokens // seq), seed=config.seed
+        )
+    except ValueError as err:  # a small dataset's held-out split: no curve, no loss
+        logger.warning(f"search: no probe curve ({err}); set probe_tokens lower or 0")
+        return None
     topk = config.fitness_topk if config.fitness == "topk_kl" else None
     no_training = windows[:0]
     return Pools.build(model, no_training, windows, topk, config.eval_batch_size)
