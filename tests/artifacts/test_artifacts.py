@@ -54,7 +54,7 @@ def test_weights_digest_follows_content_not_path():
 HOLD = """
 import sys, time
 from darwin_modifier.artifacts.lock import acquire
-acquire(sys.argv[1], "search_dir", *sys.argv[2:])
+acquire(sys.argv[1], "search_dir", beside=len(sys.argv) > 2)
 print("held", flush=True)
 time.sleep(600)
 """
@@ -160,7 +160,7 @@ def test_two_runs_never_publish_to_one_output_at_once(tmp_path):
     from darwin_modifier.artifacts.output import publishing
 
     holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD, str(tmp_path), ".out.lock"],
+        [sys.executable, "-c", HOLD, str(tmp_path / "out"), "beside"],
         stdout=subprocess.PIPE,
         text=True,
     )

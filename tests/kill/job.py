@@ -85,14 +85,14 @@ def _kill_at_call(
     setattr(owner, name, wrapper)
 
 
-def _published(file_name: str):
-    """Matches the atomic rename that publishes ``file_name`` (its ``.partial`` is
-    then complete on disk, the file itself not yet replaced)."""
-    return lambda source, target, *a, **k: Path(target).name == file_name
+def _rename(file_name: str, nth: int = 1, before: bool = True) -> tuple:
+    """The ``nth`` atomic rename that publishes ``file_name``: just before it (the
+    ``.partial`` complete on disk, the file itself not yet replaced) or just after."""
 
+    def publishes(source, target, *args, **kwargs) -> bool:
+        return Path(target).name == file_name
 
-def _layer(index: int):
-    return lambda store, i, levels: i == index
+    return (os, "replace", nth, before, publishes)
 
 
 def _always(*args, **kwargs) -> bool:
@@ -103,51 +103,27 @@ def _always(*args, **kwargs) -> bool:
 # order a run reaches them: each killed rerun resumes and dies at the next one
 POINTS = {
     # database
-    "layer file half-written": (
-        os,
-        "replace",
-        1,
-        True,
-        _published("layer_001.safetensors"),
-    ),
+    "layer file half-written": _rename("layer_001.safetensors"),
     "layer written, not in the manifest": (
         DatabaseStore,
         "write_layer_file",
         1,
         False,
-        _layer(2),
+        lambda store, index, levels: index == 2,
     ),
-    "manifest half-written": (os, "replace", 1, True, _published("manifest.json")),
+    "manifest half-written": _rename("manifest.json"),
     # search
     "mid-generation": (TrainedKL, "__call__", 2, True, _always),
-    "state saved, log not yet": (
-        os,
-        "replace",
-        1,
-        True,
-        _published("search_log.jsonl"),
-    ),
-    "state half-written": (os, "replace", 1, True, _published("search_state.json")),
+    "state saved, log not yet": _rename("search_log.jsonl"),
+    "state half-written": _rename("search_state.json"),
     # stages, post-training, the save
     "between stages": (Oneshot, "__call__", 1, False, _always),
-    "training checkpoint half-written": (
-        os,
-        "replace",
-        1,
-        True,
-        _published("trainer_checkpoint.pt"),
-    ),
-    "between training checkpoints": (
-        os,
-        "replace",
-        2,
-        False,
-        _published("trainer_checkpoint.pt"),
-    ),
+    "training checkpoint half-written": _rename("trainer_checkpoint.pt"),
+    "between training checkpoints": _rename("trainer_checkpoint.pt", 2, before=False),
     "during the final save": (PreTrainedModel, "save_pretrained", 3, False, _always),
     # only where a previous output exists: it has been moved aside, the new one not
     # yet moved in
-    "mid-swap of the output": (os, "replace", 1, True, _published("out")),
+    "mid-swap of the output": _rename("out"),
 }
 
 

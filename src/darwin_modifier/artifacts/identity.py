@@ -15,7 +15,9 @@ import torch
 
 
 def _jsonable(value):
-    return json.loads(json.dumps(value))
+    """``value`` as it reads back from JSON (configs may hold non-JSON values, such
+    as a dtype: those as their text)."""
+    return json.loads(json.dumps(value, default=str))
 
 
 def digest(value) -> str:
@@ -75,11 +77,7 @@ def config_digest(config) -> str:
         for key, value in config.to_dict().items()
         if key not in ("_name_or_path", "transformers_version")
     }
-    return digest(_jsonable_loose(fields))
-
-
-def _jsonable_loose(value):
-    return json.loads(json.dumps(value, default=str))
+    return digest(_jsonable(fields))
 
 
 def require_same(stored: Mapping, current: Mapping, *, what: str, fix: str) -> None:

@@ -21,22 +21,27 @@ LOCK_FILE = ".lock"
 _held: dict[Path, tuple[int, int]] = {}  # lock file -> (file descriptor, holders)
 
 
-def acquire(
-    directory: str | os.PathLike, what: str, lock_file: str = LOCK_FILE
-) -> None:
-    """Hold ``directory`` for this process, or refuse naming the process that has it.
-    (``lock_file`` names the lock in ``directory``: the output's lock sits beside it,
-    in its parent, because the output itself is replaced whole.)"""
+def _lock_path(directory: str | os.PathLike, beside: bool) -> Path:
+    """``<dir>/.lock``, or with ``beside`` ``<parent>/.<dir>.lock`` (for the output,
+    which is replaced whole, so a lock inside it would go with it)."""
+    directory = Path(directory).resolve()
+    if beside:
+        return directory.parent / f".{directory.name}{LOCK_FILE}"
+    return directory / LOCK_FILE
+
+
+def acquire(directory: str | os.PathLike, what: str, beside: bool = False) -> None:
+    """Hold ``directory`` for this process, or refuse naming the process that has it."""
     if not is_main():
         return
     directory = Path(directory).resolve()
-    key = directory / lock_file
+    key = _lock_path(directory, beside)
     if key in _held:
         fd, holders = _held[key]
         _held[key] = (fd, holders + 1)
         return
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        key.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(key, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as err:  # read-only, not ours, a file in the way
         raise OSError(
@@ -49,9 +54,8 @@ def acquire(
     except BlockingIOError:
         owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
         os.close(fd)
-        named = directory if lock_file == LOCK_FILE else directory / lock_file[1:-5]
         raise RuntimeError(
-            f"{what} {named} is in use by another run (process {owner}); wait for "
+            f"{what} {directory} is in use by another run (process {owner}); wait for "
             "it to finish, or give this run another directory"
         ) from None
     os.ftruncate(fd, 0)
@@ -59,8 +63,8 @@ def acquire(
     _held[key] = (fd, 1)
 
 
-def release(directory: str | os.PathLike, lock_file: str = LOCK_FILE) -> None:
-    key = Path(directory).resolve() / lock_file
+def release(directory: str | os.PathLike, beside: bool = False) -> None:
+    key = _lock_path(directory, beside)
     if key not in _held:
         return
     fd, holders = _held.pop(key)
@@ -72,10 +76,10 @@ def release(directory: str | os.PathLike, lock_file: str = LOCK_FILE) -> None:
 
 @contextmanager
 def holding(
-    directory: str | os.PathLike, what: str, lock_file: str = LOCK_FILE
+    directory: str | os.PathLike, what: str, beside: bool = False
 ) -> Iterator[None]:
-    acquire(directory, what, lock_file)
+    acquire(directory, what, beside)
     try:
         yield
     finally:
-        release(directory, lock_file)
+        release(directory, beside)

@@ -46,7 +46,7 @@ def publishing(output_dir: str | os.PathLike | None) -> Iterator[Path | None]:
         yield None
         return
     output = Path(output_dir)
-    with lock.holding(output.parent, "output_dir", f".{output.name}.lock"):
+    with lock.holding(output, "output_dir", beside=True):
         with _published(output) as staging:
             yield staging
 
