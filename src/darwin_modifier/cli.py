@@ -107,6 +107,29 @@ def main(argv: list[str] | None = None) -> None:
     )
     verify.add_argument("directory", help="a checkpoint saved by compress or train")
 
+    latency = commands.add_parser(
+        "latency",
+        help="the latency table of a database: every level's time per block on vLLM "
+        "(measured through the serve environment, cached in the database directory)",
+    )
+    latency.add_argument("--database", required=True, help="a complete database dir")
+    latency.add_argument("--model", required=True, help="the dense model (its config)")
+    latency.add_argument(
+        "--serve-python",
+        help="the serve environment's python (default: $DARWIN_SERVE_PYTHON, or this "
+        "python if it has vLLM)",
+    )
+    latency.add_argument("--batch", type=_positive, default=16)
+    latency.add_argument("--input-len", type=_positive, default=128)
+    latency.add_argument("--output-len", type=_positive, default=64)
+    latency.add_argument("--repeats", type=_positive, default=3)
+    latency.add_argument("--dtype", default="bfloat16")
+    latency.add_argument(
+        "--enforce-eager",
+        action="store_true",
+        help="time vLLM without compile (what you serve with enforce_eager=True)",
+    )
+
     commands.add_parser(
         "fetch", help="fetch the embedded default model + corpus; print the model path"
     )
@@ -153,6 +176,8 @@ def _run(args, parser) -> None:
         sys.exit(_plan(args))
     elif args.command == "verify":
         sys.exit(_verify(args.directory))
+    elif args.command == "latency":
+        _latency(args)
     elif args.command == "fetch":
         from darwin_modifier.data import fetch_corpus, fetch_default_model
 
@@ -192,6 +217,27 @@ def _train(args) -> None:
         seq_len=args.seq_len,
         text_column=args.text_column,
     )
+
+
+def _latency(args) -> None:
+    from transformers import AutoConfig
+
+    from darwin_modifier.database.store import DatabaseStore
+    from darwin_modifier.latency.build import latency_table
+    from darwin_modifier.latency.config import LatencyConfig
+
+    config = LatencyConfig(
+        serve_python=args.serve_python,
+        latency_batch=args.batch,
+        latency_input_len=args.input_len,
+        latency_output_len=args.output_len,
+        latency_repeats=args.repeats,
+        latency_dtype=args.dtype,
+        latency_enforce_eager=args.enforce_eager,
+    )
+    store = DatabaseStore.open(args.database)
+    table = latency_table(store, AutoConfig.from_pretrained(args.model), config)
+    print(table.format(store.ladders))
 
 
 def _verify(directory: str) -> int:

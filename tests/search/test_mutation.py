@@ -71,7 +71,7 @@ def test_mutation_on_ragged_ladders_holds_the_parameter_budget(slack):
     parent = for_target(budget, target)
     rng = random.Random(slack)
     for _ in range(200):
-        child = mutate(parent, rng, budget, max_params=target)
+        child = mutate(parent, rng, budget, max_cost=target)
         assert budget.params(child) <= target
         assert is_tight(budget, child, target)
         assert child == budget.canonical(child) and child != parent
@@ -104,7 +104,7 @@ def test_a_neutral_walk_does_not_drift_between_groups_or_below_budget():
     rng = random.Random(0)
     slacks = []
     for _ in range(400):
-        genome = mutate(genome, rng, budget, max_params=target)
+        genome = mutate(genome, rng, budget, max_cost=target)
         slacks.append(target - budget.params(genome))
         assert slacks[-1] >= 0 and is_tight(budget, genome, target)
     head = (
@@ -121,7 +121,7 @@ def test_repeated_counts_never_give_a_physically_equal_child():
     parent = budget.canonical(uniform(5, 6))
     rng = random.Random(3)
     for _ in range(100):
-        child = mutate(parent, rng, budget, max_params=budget.params(parent))
+        child = mutate(parent, rng, budget, max_cost=budget.params(parent))
         assert budget.canonical(child) != parent
         assert any(
             budget.module_params(m, i, child.levels(m)[i])
@@ -163,7 +163,7 @@ def test_a_parent_where_every_switch_overshoots_still_mutates():
     parent = Genome((0,) * 4, (2,) * 4)
     target = budget.params(parent)
     rng = random.Random(0)
-    children = {mutate(parent, rng, budget, max_params=target) for _ in range(50)}
+    children = {mutate(parent, rng, budget, max_cost=target) for _ in range(50)}
     assert len(children) > 3
     for child in children:
         assert budget.params(child) <= target and is_tight(budget, child, target)

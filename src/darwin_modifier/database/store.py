@@ -219,6 +219,18 @@ class DatabaseStore:
 
     def entry(self, index: int, module: str, level: int) -> LevelEntry:
         """Kept units and weight of one module at one level (cheap, memory-mapped)."""
+        kept = self.kept(index, module, level)
+        count = self.ladders[module][level]
+        if count in (0, self.ladders[module][0]):
+            return LevelEntry(kept, None)
+        # A copy: safetensors may hand out views of its memory map, which training a
+        # candidate would then change for every later reader in this process.
+        weight = self._handle(index).get_tensor(f"{module}.{count}.weight").clone()
+        return LevelEntry(kept, weight)
+
+    def kept(self, index: int, module: str, level: int) -> list[int]:
+        """Kept dense units (query heads or MLP channels) of one module at one level:
+        its shape, without reading its weight."""
         count = self.ladders[module][level]
         if count == self.ladders[module][0]:
             dense = (
@@ -226,15 +238,10 @@ class DatabaseStore:
                 if module == "attn"
                 else self.shape.intermediate_size
             )
-            return LevelEntry(list(range(dense)), None)
+            return list(range(dense))
         if count == 0:
-            return LevelEntry([], None)
-        handle = self._handle(index)
-        kept = handle.get_tensor(f"{module}.{count}.kept").tolist()
-        # A copy: safetensors may hand out views of its memory map, which training a
-        # candidate would then change for every later reader in this process.
-        weight = handle.get_tensor(f"{module}.{count}.weight").clone()
-        return LevelEntry(kept, weight)
+            return []
+        return self._handle(index).get_tensor(f"{module}.{count}.kept").tolist()
 
     def params(self, index: int, module: str, level: int) -> int:
         """Physical parameters of the module's block at ``level`` in layer ``index``."""

@@ -82,6 +82,8 @@ def target_block_params(spec: ModelSpec, config) -> int:
     shape = spec.shape
     dense = Plan.dense(shape)
     ladders = config.checked_ladders(shape)  # an infeasible target is named here
+    if config.target_speedup is not None:  # known from the latency table only
+        return dense.block_params()
     target_params, level = config.resolve(dense.block_params())
     if target_params is not None:
         return target_params

@@ -16,6 +16,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from darwin_modifier.database.config import DatabaseConfig
+from darwin_modifier.latency.config import LatencyConfig
 from darwin_modifier.plan import DenseShape, Plan
 from darwin_modifier.search.config import SearchConfig
 from darwin_modifier.training.config import PostTrainConfig
@@ -24,19 +25,26 @@ DEFAULT_TARGET_LEVEL = 5  # the paper's: Llama-3.1-8B -> 4.6B, Qwen-2.5-14B -> 8
 
 
 class SizeTarget(BaseModel):
-    """One of: decoder-block parameters kept (fraction or count), or a level."""
+    """One of: decoder-block parameters kept (fraction or count), a level, or a
+    speedup measured on vLLM (:mod:`darwin_modifier.latency`)."""
 
     model_config = ConfigDict(extra="forbid")
 
     target_fraction: float | None = Field(default=None, gt=0, le=1)
     target_params: int | None = Field(default=None, gt=0)
     target_level: int | None = Field(default=None, ge=0)
+    target_speedup: float | None = Field(default=None, gt=1)
 
     @model_validator(mode="after")
     def _one_target(self) -> SizeTarget:
         given = [
             name
-            for name in ("target_fraction", "target_params", "target_level")
+            for name in (
+                "target_fraction",
+                "target_params",
+                "target_level",
+                "target_speedup",
+            )
             if getattr(self, name) is not None
         ]
         if len(given) > 1:
@@ -44,7 +52,10 @@ class SizeTarget(BaseModel):
         return self
 
     def resolve(self, dense_params: int) -> tuple[int | None, int | None]:
-        """(target params, target level) for ``dense_params`` decoder-block params."""
+        """(target params, target level) for ``dense_params`` decoder-block params;
+        both None for a speedup (its budget is time, from the latency table)."""
+        if self.target_speedup is not None:
+            return None, None
         if self.target_fraction is not None:
             return int(self.target_fraction * dense_params), None
         if self.target_params is not None:
@@ -68,7 +79,9 @@ class SaveDtype(BaseModel):
         return given if self.save_dtype == "auto" else getattr(torch, self.save_dtype)
 
 
-class DarwinLMConfig(SizeTarget, DatabaseConfig, SearchConfig, SaveDtype):
+class DarwinLMConfig(
+    SizeTarget, DatabaseConfig, SearchConfig, LatencyConfig, SaveDtype
+):
     """Database -> search -> shrink, for one size target."""
 
     database_dir: str = "darwinlm_database"

@@ -19,6 +19,7 @@ from darwin_modifier.database.assemble import assemble
 from darwin_modifier.database.store import DatabaseStore
 from darwin_modifier.distributed import is_main
 from darwin_modifier.format.shrink import shrink
+from darwin_modifier.latency.build import latency_table
 from darwin_modifier.pipeline.config import DarwinLMConfig
 from darwin_modifier.pipeline.report import RESULT_FILE, write_report
 from darwin_modifier.plan import Plan
@@ -103,15 +104,8 @@ def search(
 ) -> SearchOutcome:
     """The best genome for the config's target (the uniform parent if no
     generations); writes the report to ``config.search_dir``."""
-    budget = Budget.from_store(store)
-    target_params, target_level = config.resolve(budget.dense_params())
-    parent = initial_genome(budget, target_params, level=target_level)
-    max_params = target_params if target_params is not None else budget.params(parent)
-    logger.info(
-        f"search: uniform parent {budget.params(parent):,} params, "
-        f"budget {max_params:,}"
-    )
-    if warning := removal_warning(budget, parent, max_params):
+    budget, parent, limit = _budget(model, store, config)
+    if warning := removal_warning(budget, parent, limit):
         logger.warning(f"search: {warning}")
     # held through the report, so another run never reads a half-written one
     with holding(config.search_dir, "search_dir"):
@@ -137,7 +131,7 @@ def search(
                 bench,
                 budget,
                 parent,
-                max_params,
+                limit,
                 pools,
                 config,
                 config.search_dir,
@@ -151,6 +145,39 @@ def search(
         if is_main():
             write_report(Path(config.search_dir), store, outcome.uniform, best, history)
     return outcome
+
+
+def _budget(
+    model: nn.Module, store: DatabaseStore, config: DarwinLMConfig
+) -> tuple[Budget, Genome, int]:
+    """What the search holds its children to, its first parent, and the limit: the
+    parameter target, or for ``target_speedup`` the blocks' time on vLLM."""
+    budget = Budget.from_store(store)
+    if config.target_speedup is not None:
+        table = latency_table(store, model.config, config)
+        mode = config.speedup_mode
+        budget = table.budget(budget, mode)
+        limit = table.limit_ns(config.target_speedup, mode)
+        try:
+            parent = initial_genome(budget, limit)
+        except ValueError as err:
+            raise ValueError(
+                f"target_speedup {config.target_speedup} cannot be met by the "
+                f"database's levels ({err}); set a smaller target_speedup"
+            ) from err
+        logger.info(
+            f"search: {mode} time budget {limit / 1e6:.2f} ms of blocks for "
+            f"{config.target_speedup}x; uniform parent predicted "
+            f"{table.speedup(parent, mode):.3f}x, {budget.params(parent):,} params"
+        )
+        return budget, parent, limit
+    target_params, target_level = config.resolve(budget.dense_params())
+    parent = initial_genome(budget, target_params, level=target_level)
+    limit = target_params if target_params is not None else budget.params(parent)
+    logger.info(
+        f"search: uniform parent {budget.params(parent):,} params, budget {limit:,}"
+    )
+    return budget, parent, limit
 
 
 def plan_of(store: DatabaseStore, genome: Genome) -> Plan:

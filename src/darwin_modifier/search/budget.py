@@ -1,9 +1,12 @@
-"""The parameter budget of genomes, and the search's initial parent.
+"""The budget of genomes (parameters or measured time), and the search's first parent.
 
-:class:`Budget` indexes the database's ``table[module][layer][level]`` parameter counts.
-The budget must hold on *parameters*, not on level sums as in the paper (DarwinLM, Tang
-et al. 2025, arXiv 2502.07780, §3). That makes two departures from the paper's level
-arithmetic; this one is the budget's (the flips are in
+:class:`Budget` indexes the database's ``table[module][layer][level]`` parameter counts,
+and optionally a *cost* table of the same shape that the budget is held on instead:
+measured engine time per block (:mod:`darwin_modifier.latency`) for a
+``target_speedup``. Parameters always decide which levels are the same block; the cost
+decides what fits. The budget must hold on parameters (or time), not on level sums as in
+the paper (DarwinLM, Tang et al. 2025, arXiv 2502.07780, §3). That makes two departures
+from the paper's level arithmetic; this one is the budget's (the flips are in
 :mod:`darwin_modifier.search.mutation`):
 
 - **Distinct steps.** Ladders may repeat counts (``[3, 3, 2, 2, ...]`` when a module has
@@ -25,13 +28,20 @@ from darwin_modifier.search.genome import MODULES, Genome, ParamsTable, uniform
 
 
 class Budget:
-    """The parameter table, and what the search needs from it.
+    """The parameter table (and cost table), and what the search needs from them.
 
     Built from ``table[module][layer][level]`` (see :data:`ParamsTable`) or from a
-    database store with :meth:`from_store`.
+    database store with :meth:`from_store`. ``cost`` (same shape, non-negative,
+    non-increasing in level, equal on levels of equal parameters) is what the budget
+    is held on, in ``unit``; by default the parameters themselves.
     """
 
-    def __init__(self, table: ParamsTable):
+    def __init__(
+        self,
+        table: ParamsTable,
+        cost: ParamsTable | None = None,
+        unit: str = "params",
+    ):
         missing = [m for m in MODULES if m not in table]
         if missing:
             raise ValueError(f"params table lacks {missing}")
@@ -76,20 +86,52 @@ class Budget:
                 self._canon[module].append(canon)
                 self._up[module].append(up)
                 self._down[module].append(down)
+        self.unit = unit
+        self._cost = self._table if cost is None else self._checked_cost(cost)
+
+    def _checked_cost(
+        self, cost: ParamsTable
+    ) -> dict[str, tuple[tuple[int, ...], ...]]:
+        checked = {}
+        for module in MODULES:
+            rows = [[int(c) for c in row] for row in cost.get(module, ())]
+            if [len(r) for r in rows] != [len(r) for r in self._table[module]]:
+                raise ValueError(
+                    f"cost table's {module} rows do not match the params table's levels"
+                )
+            for i, row in enumerate(rows):
+                canon = self._canon[module][i]
+                if any(c < 0 for c in row) or any(b > a for a, b in zip(row, row[1:])):
+                    raise ValueError(
+                        f"{module} layer {i}: costs must be >= 0 and must not grow "
+                        f"with level: {row}"
+                    )
+                if any(row[lv] != row[canon[lv]] for lv in range(len(row))):
+                    raise ValueError(
+                        f"{module} layer {i}: levels of equal parameters are one block "
+                        f"and must cost the same: {row}"
+                    )
+            checked[module] = tuple(tuple(row) for row in rows)
+        return checked
 
     @classmethod
-    def from_store(cls, store) -> Budget:
+    def from_store(
+        cls, store, cost: ParamsTable | None = None, unit: str = "params"
+    ) -> Budget:
         """From a :class:`~darwin_modifier.database.store.DatabaseStore` (complete)."""
         n = store.shape.num_layers
-        return cls(
-            {
-                m: [
-                    [store.params(i, m, lv) for lv in range(len(store.ladders[m]))]
-                    for i in range(n)
-                ]
-                for m in MODULES
-            }
-        )
+        table = {
+            m: [
+                [store.params(i, m, lv) for lv in range(len(store.ladders[m]))]
+                for i in range(n)
+            ]
+            for m in MODULES
+        }
+        return cls(table, cost, unit)
+
+    def with_cost(self, cost: ParamsTable, unit: str) -> Budget:
+        """The same blocks, with the budget held on ``cost`` instead."""
+        return Budget(self._table, cost, unit)
 
     @classmethod
     def coerce(cls, value: Budget | ParamsTable) -> Budget:
@@ -124,6 +166,30 @@ class Budget:
     def uniform_params(self, level: int) -> int:
         """Parameters of the uniform model at ``level``: a natural search target."""
         return self.params(uniform(level, self.num_layers))
+
+    # ---- what the budget is held on ----------------------------------------------
+
+    def module_cost(self, module: str, layer: int, level: int) -> int:
+        return self._cost[module][layer][level]
+
+    def cost(self, genome: Genome) -> int:
+        """The genome's total cost, in :attr:`unit` (its parameters by default)."""
+        self.validate(genome)
+        return sum(
+            self._cost[m][i][level]
+            for m in MODULES
+            for i, level in enumerate(genome.levels(m))
+        )
+
+    def dense_cost(self) -> int:
+        return sum(row[0] for m in MODULES for row in self._cost[m])
+
+    def identity(self, limit: int) -> dict:
+        """What a resumed search must share: the limit, and any cost table."""
+        if self._cost is self._table:
+            return {"max_params": int(limit)}
+        costs = {m: [list(row) for row in self._cost[m]] for m in MODULES}
+        return {"max_cost": int(limit), "cost_unit": self.unit, "costs": costs}
 
     # ---- structure -------------------------------------------------------------------
 
@@ -173,7 +239,8 @@ class Budget:
 
 
 def for_target(params_table: Budget | ParamsTable, target_params: int) -> Genome:
-    """The densest near-uniform genome with ``params <= target_params``.
+    """The densest near-uniform genome with ``cost <= target_params`` (the cost is
+    the parameters unless the budget has a cost table).
 
     Start from the smallest uniform level that fits the target, then lower single
     modules (add parameters) while the target still holds, in passes over the layers
@@ -184,23 +251,24 @@ def for_target(params_table: Budget | ParamsTable, target_params: int) -> Genome
     """
     budget = Budget.coerce(params_table)
     target = int(target_params)
-    if target > budget.dense_params():
+    if target > budget.dense_cost():
         raise ValueError(
-            f"target {target} is above the dense model's {budget.dense_params()} "
-            "decoder-block parameters"
+            f"target {target} is above the dense model's {budget.dense_cost()} "
+            f"decoder-block {budget.unit}"
         )
     n = budget.num_layers
     common = min(budget.num_levels(m, i) for m in MODULES for i in range(n))
-    fitting = [lv for lv in range(common) if budget.uniform_params(lv) <= target]
+    fitting = [lv for lv in range(common) if budget.cost(uniform(lv, n)) <= target]
     if fitting:
         levels = {m: [fitting[0]] * n for m in MODULES}
     else:
         levels = {m: [budget.num_levels(m, i) - 1 for i in range(n)] for m in MODULES}
     genome = budget.canonical(Genome(**levels))
-    total = budget.params(genome)
+    total = budget.cost(genome)
     if total > target:
         raise ValueError(
-            f"target {target} is below the smallest model the table allows ({total})"
+            f"target {target} is below the smallest model the table allows ({total} "
+            f"{budget.unit})"
         )
     levels = {m: list(genome.levels(m)) for m in MODULES}
     changed = True
@@ -236,7 +304,7 @@ def spread_order(n: int) -> list[int]:
     return order
 
 
-def removal_warning(budget: Budget, parent: Genome, max_params: int) -> str | None:
+def removal_warning(budget: Budget, parent: Genome, limit: int) -> str | None:
     """What an extreme target produces, said before the search spends its time: a
     parent that already removes most blocks leaves little of the model to search."""
     removed = sum(
@@ -247,9 +315,10 @@ def removal_warning(budget: Budget, parent: Genome, max_params: int) -> str | No
     blocks = len(MODULES) * budget.num_layers
     if removed <= blocks // 2:
         return None
+    what = "parameters" if budget.unit == "params" else "time"
     return (
-        f"the target keeps {max_params / budget.dense_params():.1%} of the "
-        f"decoder-block parameters: even the uniform parent removes {removed} of "
+        f"the target keeps {limit / budget.dense_cost():.1%} of the "
+        f"decoder-block {what}: even the uniform parent removes {removed} of "
         f"{blocks} attention and MLP blocks entirely, so expect a model far from the "
         "dense one (raise target_fraction / target_params to keep more)"
     )
@@ -287,8 +356,8 @@ def _try_lower(
         return total, False
     new_total = (
         total
-        - budget.module_params(module, i, level)
-        + budget.module_params(module, i, down)
+        - budget.module_cost(module, i, level)
+        + budget.module_cost(module, i, down)
     )
     if new_total > limit:
         return total, False

@@ -45,7 +45,8 @@ def search_identity(
     bench: Workbench,
     pools: Pools,
     parent: Genome,
-    max_params: int,
+    budget: Budget,
+    limit: int,
     fitness: Fitness,
 ) -> dict:
     """What a resumed search must share with the one it continues: its settings and
@@ -63,7 +64,7 @@ def search_identity(
         "database": bench.store.digest(),
         "pools": pools.digest(),
         "start": parent.to_dict(),
-        "max_params": int(max_params),
+        **budget.identity(limit),
     }
 
 
@@ -71,14 +72,15 @@ def run_search(
     bench: Workbench,
     budget: Budget,
     parent: Genome,
-    max_params: int,
+    limit: int,
     pools: Pools,
     config: SearchConfig,
     state_dir: str | Path,
     fitness: Fitness | None = None,
     probe: Callable[[Genome], float] | None = None,
 ) -> SearchResult:
-    """Evolve from ``parent`` for ``config.generations``, resuming from ``state_dir``.
+    """Evolve from ``parent`` for ``config.generations`` within ``budget.cost <=
+    limit``, resuming from ``state_dir``.
 
     ``fitness`` defaults to DarwinLM's training-aware :class:`TrainedKL`. With
     ``probe`` (e.g. :class:`~darwin_modifier.search.fitness.ProbeKL`), every
@@ -87,7 +89,7 @@ def run_search(
     """
     state_dir = Path(state_dir)
     fitness = fitness or TrainedKL(bench, pools, config)
-    identity = search_identity(config, bench, pools, parent, max_params, fitness)
+    identity = search_identity(config, bench, pools, parent, budget, limit, fitness)
     rng = random.Random(config.seed)
     with holding(state_dir, "search_dir"):
         history: list[dict] = []
@@ -114,7 +116,7 @@ def run_search(
         )
         for generation in bar:
             parent, record = _generation(
-                parent, generation, rng, budget, max_params, config, fitness
+                parent, generation, rng, budget, limit, config, fitness
             )
             if probe is not None:
                 record["probe_kl"] = probe(parent)
@@ -133,7 +135,7 @@ def _generation(
     generation: int,
     rng: random.Random,
     budget: Budget,
-    max_params: int,
+    limit: int,
     config: SearchConfig,
     fitness: Fitness,
 ) -> tuple[Genome, dict]:
@@ -145,7 +147,7 @@ def _generation(
             rng,
             budget,
             config.max_flips,
-            max_params=max_params,
+            max_cost=limit,
             exclude=set(children) | {parent},
         )
         children.append(child)
@@ -157,7 +159,7 @@ def _generation(
     )
     final = dict(stages[-1])
     first = [f for _, f in stages[0]]
-    return parent, {
+    record = {
         "generation": generation,
         "fitness": final[parent],
         "stage1_median": statistics.median(first),
@@ -165,6 +167,9 @@ def _generation(
         "params": budget.params(parent),
         "parent": parent.to_dict(),
     }
+    if budget.unit != "params":
+        record[f"cost_{budget.unit}"] = budget.cost(parent)
+    return parent, record
 
 
 def _save_state(state_dir: Path, identity, generation, parent, history, rng) -> None:

@@ -1,4 +1,4 @@
-"""The level-switch mutation, within a parameter budget.
+"""The level-switch mutation, within a budget (parameters, or measured time).
 
 The paper's switch keeps each group's level sum (DarwinLM, Tang et al. 2025, arXiv
 2502.07780, §3), which holds the budget only on ladders evenly spaced in parameters.
@@ -8,7 +8,7 @@ steps are in :mod:`darwin_modifier.search.budget`):
 - **Flips that fit, then fill.** Ladders are not evenly spaced in parameters (channel
   multiples, GQA layouts that differ per layer), so a paper flip pair can add more than
   it removes. A flip is drawn only among the pairs that keep the child within
-  ``max_params``. Only when no pair of either group fits (e.g. every MLP at a level
+  ``max_cost``. Only when no pair of either group fits (e.g. every MLP at a level
   whose step down is 160 channels and step up 128) is a pair drawn among all and the
   overshoot repaired by raising random other modules of the same group. Last, the child
   is filled by lowering random modules one step (adding parameters) while it stays
@@ -41,34 +41,35 @@ def mutate(
     params_table: Budget | ParamsTable,
     max_flips: int = 3,
     *,
-    max_params: int | None = None,
+    max_cost: int | None = None,
     exclude: Collection[Genome] = (),
     max_tries: int = 1000,
 ) -> Genome:
-    """A new child by level switches that keep it within ``max_params``.
+    """A new child by level switches that keep it within ``max_cost``.
 
     Flips: ``min(U{1..max_flips}, U{1..max_flips})``. Each picks a group (attn or mlp)
     with chance proportional to its dense parameters, then a uniformly random ordered
     pair of different modules of that group, one to go a step down (more params) and
     one a step up (fewer params), among the pairs that keep the child within
-    ``max_params`` (groups without one are not picked; if neither group has one, among
+    ``max_cost`` (groups without one are not picked; if neither group has one, among
     all pairs, with a repair in the group). Then the fill (module docstring). Children
     equal to the parent (physically) or in ``exclude`` (compared canonically: pass what
     this module returned), and empty models, are redrawn.
 
-    ``max_params`` defaults to the parent's parameters; the search should pass its fixed
+    The budget is the :class:`Budget`'s cost (parameters unless it has a cost table).
+    ``max_cost`` defaults to the parent's cost; the search should pass its fixed
     target, so that a child can win back what rounding took from an earlier parent.
-    Returns a canonical genome. ValueError if the parent is over ``max_params``;
+    Returns a canonical genome. ValueError if the parent is over ``max_cost``;
     MutationError if no switch exists or after ``max_tries`` draws.
     """
     budget = Budget.coerce(params_table)
     if max_flips < 1:
         raise ValueError(f"max_flips must be >= 1, got {max_flips}")
     base = budget.canonical(parent)
-    total = budget.params(base)
-    limit = total if max_params is None else int(max_params)
+    total = budget.cost(base)
+    limit = total if max_cost is None else int(max_cost)
     if total > limit:
-        raise ValueError(f"parent has {total} parameters, above max_params {limit}")
+        raise ValueError(f"parent costs {total} {budget.unit}, above the limit {limit}")
     levels = {m: list(base.levels(m)) for m in MODULES}
     if not any(_pairs(budget, levels, m, None) for m in MODULES):
         raise MutationError(
@@ -85,8 +86,8 @@ def mutate(
         ):
             return child
     raise MutationError(
-        f"no new child within {limit} parameters after {max_tries} tries: every draw "
-        f"equalled the parent or an excluded genome ({len(exclude)} excluded)"
+        f"no new child within {limit} {budget.unit} after {max_tries} tries: every "
+        f"draw equalled the parent or an excluded genome ({len(exclude)} excluded)"
     )
 
 
@@ -95,7 +96,7 @@ def _pairs(
 ) -> list[tuple[int, int]]:
     """Ordered ``(down, up)`` module pairs of the group whose switch costs <= slack."""
     row = levels[module]
-    cost = budget.module_params
+    cost = budget.module_cost
     downs, ups = [], []
     for i, lv in enumerate(row):
         if (d := budget.step_down(module, i, lv)) is not None:
@@ -113,11 +114,11 @@ def _pairs(
 def _step(
     budget: Budget, levels: dict[str, list[int]], module: str, i: int, up: bool
 ) -> int:
-    """Move one module a step up or down; returns the change in parameters."""
+    """Move one module a step up or down; returns the change in cost."""
     old = levels[module][i]
     new = (budget.step_up if up else budget.step_down)(module, i, old)
     levels[module][i] = new
-    return budget.module_params(module, i, new) - budget.module_params(module, i, old)
+    return budget.module_cost(module, i, new) - budget.module_cost(module, i, old)
 
 
 def _draw(
@@ -163,7 +164,7 @@ def _draw(
             for m in MODULES
             for i, lv in enumerate(levels[m])
             if (d := budget.step_down(m, i, lv)) is not None
-            and budget.module_params(m, i, d) - budget.module_params(m, i, lv) <= slack
+            and budget.module_cost(m, i, d) - budget.module_cost(m, i, lv) <= slack
         ]
         if not fits:
             return Genome(**levels)
