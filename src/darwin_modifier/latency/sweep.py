@@ -8,10 +8,11 @@ type, the model with that module at that level in every layer (attention: every 
 but layer 0, which stays dense, since vLLM cannot serve a model without any attention);
 the other module type stays dense. Differences to the sweep's "removed" model then give
 the per-layer cost of each level, ``F`` follows from the dense time, and a check model
-(uniform at the middle level, both types) that was not used in the fit shows how well
-the additive model predicts. All of these are served as shrunk checkpoints (the
-plugin's model, even when dense); the ``reference`` model is the dense one as the user
-serves it now (vLLM's own architecture), what a speedup is measured against.
+(both types at the middle level, or the nearest denser one that keeps attention) that
+was not used in the fit shows how well the additive model predicts. All of these are
+served as shrunk checkpoints (the plugin's model, even when dense); the ``reference``
+model is the dense one as the user serves it now (vLLM's own architecture), what a
+speedup is measured against.
 
 Levels are timed once per physical shape: repeated ladder counts give the same config.
 On GQA models in ``gqa_mode: query`` the layers of one level may differ in layout; the
@@ -37,7 +38,13 @@ class Sweep:
     genomes: dict[str, Genome]
 
     @classmethod
-    def design(cls, num_layers: int, num_levels: dict[str, int]) -> Sweep:
+    def design(
+        cls,
+        num_layers: int,
+        num_levels: dict[str, int],
+        attn_ladder: list[int] | None = None,
+    ) -> Sweep:
+        """``attn_ladder`` (kept units per level) keeps the check model servable."""
         if num_layers < 2:
             raise ValueError(
                 "a latency table needs a model of at least 2 layers: vLLM cannot serve "
@@ -51,6 +58,8 @@ class Sweep:
         for level in range(1, num_levels["mlp"]):
             genomes[f"mlp{level}"] = Genome(dense, (level,) * n)
         middle = min(num_levels.values()) // 2
+        while attn_ladder and middle and attn_ladder[middle] == 0:
+            middle -= 1
         genomes["check"] = Genome((middle,) * n, (middle,) * n)
         return cls(n, dict(num_levels), genomes)
 

@@ -102,6 +102,12 @@ class LatencyTable:
         """The decoder blocks' time budget for ``speedup``; ValueError naming the
         largest speedup when even removing every block would not reach it."""
         costs = self.costs[mode]
+        if costs["fixed_s"] <= 0:
+            raise ValueError(
+                f"latency table's {mode} fit is inconsistent (fixed cost "
+                f"{costs['fixed_s'] * 1e3:.2f} ms <= 0: the machine was likely busy "
+                "while it was measured); delete it and measure again on a quiet machine"
+            )
         budget = costs["dense_s"] / speedup - costs["fixed_s"]
         if budget <= 0:
             ceiling = costs["dense_s"] / costs["fixed_s"]

@@ -16,6 +16,7 @@ from darwin_modifier.database.build import DatabaseBuilder
 from darwin_modifier.database.store import DatabaseStore
 from darwin_modifier.distributed import main_rank_first
 from darwin_modifier.families import family_of
+from darwin_modifier.latency.build import check_speed_target
 from darwin_modifier.pipeline.config import DarwinLMConfig
 from darwin_modifier.plan import DenseShape
 
@@ -30,6 +31,7 @@ def open_database(
     """
     family_of(model.config)
     config.check_model(model.config)
+    check_speed_target(config, config.database_dir)
     if config.generations > 0:
         check_text_column(config.search_dataset, config.search_text_column)
     shape = DenseShape.from_config(model.config)

@@ -320,7 +320,8 @@ def removal_warning(budget: Budget, parent: Genome, limit: int) -> str | None:
         f"the target keeps {limit / budget.dense_cost():.1%} of the "
         f"decoder-block {what}: even the uniform parent removes {removed} of "
         f"{blocks} attention and MLP blocks entirely, so expect a model far from the "
-        "dense one (raise target_fraction / target_params to keep more)"
+        "dense one (keep more: a larger target_fraction or target_params, a "
+        "smaller target_speedup)"
     )
 
 
