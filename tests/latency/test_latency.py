@@ -85,26 +85,47 @@ def config(**fields) -> DarwinLMConfig:
     return DarwinLMConfig(generations=0, **fields)
 
 
-def test_the_fit_recovers_additive_costs_and_predicts_the_check_model():
-    levels = {"attn": 4, "mlp": 5}
-    true = {"attn": [9.0, 6.0, 3.0, 0.0], "mlp": [20.0, 15.0, 10.0, 5.0, 0.0]}
-    fixed, n = 7.0, 6
-    sweep = Sweep.design(n, levels)
-    costs = {"fixed_s": fixed, **true}
-    seconds = {name: predict(costs, g) for name, g in sweep.genomes.items()}
+def test_the_fit_recovers_block_overheads_and_slopes_despite_noise():
+    n = 6
+    params = {  # per layer and level; equal in every layer
+        "attn": [[4_000_000, 3_000_000, 1_000_000, 0]] * n,
+        "mlp": [[8_000_000, 6_000_000, 4_000_000, 2_000_000, 0]] * n,
+    }
+    true = {"attn_overhead": 2.0, "attn_slope": 0.5, "mlp_overhead": 1.0}
+    true |= {"mlp_slope": 3.0, "fixed": 7.0}
+
+    def cost(module, p):
+        return (
+            true[f"{module}_overhead"] + true[f"{module}_slope"] * p / 1e6 if p else 0
+        )
+
+    rows = {m: [[cost(m, p) for p in row] for row in params[m]] for m in MODULES}
+    sweep = Sweep.design(n, {"attn": 4, "mlp": 5})
+    exact = {"fixed_s": 7.0, **rows}
+    seconds = {name: predict(exact, g) for name, g in sweep.genomes.items()}
     seconds["reference"] = 180.0  # the dense model as served now, vLLM's own class
-    fitted = sweep.costs(seconds)
-    for module in MODULES:
-        assert fitted[module] == pytest.approx(true[module])
-    assert fitted["fixed_s"] == pytest.approx(fixed)
-    assert fitted["shrunk_dense_s"] == pytest.approx(fixed + n * (9 + 20))
+    fitted = sweep.costs(seconds, params)
+    assert fitted["coefficients"]["fixed"] == pytest.approx(7.0)
+    for key, value in true.items():
+        assert fitted["coefficients"][key] == pytest.approx(value)
+    assert fitted["shrunk_dense_s"] == seconds["dense"]
     assert fitted["dense_s"] == 180.0  # speedups are against the reference
-    # noise that makes a smaller block look slower is clamped: costs never grow
-    seconds["mlp3"] = seconds["mlp2"] + 1
-    noisy = sweep.costs(seconds)["mlp"]
-    assert all(b <= a for a, b in zip(noisy, noisy[1:])) and noisy[-1] == 0
+    assert predict(fitted, sweep.genomes["check"]) == pytest.approx(seconds["check"])
+    # 3% noise on every time: the pooled fit still predicts the check within 5%
+    rng = random.Random(0)
+    noisy = {k: v * (1 + rng.uniform(-0.03, 0.03)) for k, v in seconds.items()}
+    refit = sweep.costs(noisy, params)
+    assert predict(refit, sweep.genomes["check"]) == pytest.approx(
+        seconds["check"], rel=0.05
+    )
+    # a block is never fitted cheaper than nothing, nor a smaller one dearer
+    upside_down = dict(seconds, mlp1=seconds["dense"] + 50)
+    costs = sweep.costs(upside_down, params)
+    assert all(c >= 0 for c in costs["coefficients"].values())
+    for row in costs["mlp"]:
+        assert all(b <= a for a, b in zip(row, row[1:])) and row[-1] == 0
     with pytest.raises(ValueError, match="at least 2 layers"):
-        Sweep.design(1, levels)
+        Sweep.design(1, {"attn": 4, "mlp": 5})
 
 
 def test_the_table_is_built_cached_and_refused_for_another_setup(

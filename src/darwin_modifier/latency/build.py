@@ -134,18 +134,30 @@ def _cached_or_measured(
         return LatencyTable.load(path, identity)
     cache.mkdir(parents=True, exist_ok=True)
     times = _measure(python, configs, config, path)
-    table = fit(sweep_of(store), identity, times)
+    table = fit(sweep_of(store), identity, times, params_table(store))
     table.save(path)
     logger.info(f"latency table: {path}")
     return table
 
 
-def fit(sweep: Sweep, identity: dict, times: dict[str, dict]) -> LatencyTable:
+def params_table(store: DatabaseStore) -> dict[str, list[list[int]]]:
+    return {
+        m: [
+            [store.params(i, m, lv) for lv in range(len(ladder))]
+            for i in range(store.shape.num_layers)
+        ]
+        for m, ladder in store.ladders.items()
+    }
+
+
+def fit(
+    sweep: Sweep, identity: dict, times: dict[str, dict], params: dict
+) -> LatencyTable:
     """The table from the timed models (names as in ``sweep.genomes``)."""
     costs, check = {}, {}
     for mode in MODES:
         seconds = {name: t[f"{mode}_s"] for name, t in times.items()}
-        costs[mode] = sweep.costs(seconds)
+        costs[mode] = sweep.costs(seconds, params)
         predicted = predict(costs[mode], sweep.genomes["check"])
         check[mode] = {
             "predicted_s": predicted,

@@ -79,21 +79,22 @@ class LatencyTable:
         level's cost, taken at the first level of equal parameters (the same block)."""
         costs = {}
         for module in MODULES:
-            per_level = [round(c * NS) for c in self.costs[mode][module]]
-            if len(per_level) != params.num_levels(module, 0):
+            table = self.costs[mode][module]
+            shape = [len(r) for r in table]
+            wanted = [params.num_levels(module, i) for i in range(params.num_layers)]
+            if shape != wanted:
                 raise ValueError(
-                    f"latency table has {len(per_level)} {module} levels, the "
-                    f"database {params.num_levels(module, 0)}; measure it again for "
-                    "this database"
+                    f"latency table's {module} costs have {shape} levels per layer, "
+                    f"the database {wanted}; measure it again for this database"
                 )
             rows = []
-            for i in range(params.num_layers):
+            for i, per_level in enumerate(table):
                 row: list[int] = []
                 for level, cost in enumerate(per_level):
                     same = level and params.module_params(
                         module, i, level
                     ) == params.module_params(module, i, level - 1)
-                    row.append(row[-1] if same else min([cost, *row[-1:]]))
+                    row.append(row[-1] if same else min([round(cost * NS), *row[-1:]]))
                 rows.append(row)
             costs[module] = rows
         return params.with_cost(costs, unit="ns")
@@ -121,7 +122,8 @@ class LatencyTable:
         return int(budget * NS)
 
     def format(self, ladders: dict[str, list[int]]) -> str:
-        """Per level: kept units and per-block time in each mode, and the check."""
+        """Per level: kept units and per-block time (layer 0's) in each mode; the fit
+        and the check."""
         lines = [
             f"{self.identity.get('engine', '?')} on {self.identity.get('device', '?')}"
             f", batch {self.identity['batch']}, {self.identity['dtype']}",
@@ -130,7 +132,7 @@ class LatencyTable:
         ]
         for module in MODULES:
             for level, kept in enumerate(ladders[module]):
-                decode, prefill = (self.costs[m][module][level] for m in MODES)
+                decode, prefill = (self.costs[m][module][0][level] for m in MODES)
                 lines.append(
                     f"{module:<6} {level:>5} {kept:>6} {decode * 1e6:>10.1f} "
                     f"{prefill * 1e6:>11.1f}"
@@ -140,7 +142,8 @@ class LatencyTable:
             lines.append(
                 f"{mode}: dense {costs['dense_s'] * 1e3:.2f} ms (as a shrunk "
                 f"checkpoint {costs['shrunk_dense_s'] * 1e3:.2f} ms), fixed "
-                f"{costs['fixed_s'] * 1e3:.2f} ms; check model predicted "
+                f"{costs['fixed_s'] * 1e3:.2f} ms, fit residual "
+                f"{costs['fit_rms']:.1%}; check model predicted "
                 f"{check['predicted_s'] * 1e3:.2f} ms, measured "
                 f"{check['measured_s'] * 1e3:.2f} ms ({check['error']:+.1%})"
             )
