@@ -20,7 +20,6 @@ perplexity and KL to dense measured with transformers on the same windows.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 import time
@@ -127,7 +126,8 @@ def main(argv=None) -> dict:
     for name, genome in genomes.items():
         models[name] = materialize(dense, store, genome)
         path = work / "models" / name
-        copy.deepcopy(models[name]).to(torch.bfloat16).save_pretrained(path)
+        # served in bf16, evaluated in fp32: a second copy from the database
+        materialize(dense, store, genome).to(torch.bfloat16).save_pretrained(path)
         paths.append({"name": name, "path": str(path.resolve())})
     dense_path = str(Path(model_dir).resolve())
     timed = [{"name": "dense", "path": dense_path}, *paths]

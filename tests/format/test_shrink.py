@@ -116,3 +116,15 @@ def test_database_weights_replace_sliced_columns():
     new_down = torch.randn(64, 48)
     small = shrink(model, plan, overrides={(2, "down_proj"): new_down})
     assert torch.equal(small.model.layers[2].mlp.down_proj.weight, new_down)
+
+
+def test_a_shrunk_model_can_be_copied(family):
+    """``copy.deepcopy`` (a bf16 copy to save next to the fp32 model, as benchmarks
+    do) gives an equal, independent model."""
+    model = tiny_model(family)
+    shape = DenseShape.from_config(model.config)
+    small = shrink(model, Plan(shape, [LayerPlan((0, 1, 2, 3), range(40))] * 4))
+    twin = copy.deepcopy(small)
+    torch.testing.assert_close(logits(twin), logits(small))
+    next(twin.parameters()).data.zero_()
+    assert next(small.parameters()).abs().sum() > 0

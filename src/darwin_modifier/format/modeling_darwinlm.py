@@ -28,6 +28,8 @@ class _LayerView:
         self.__dict__.update(sizes)
 
     def __getattr__(self, name):
+        if name == "_config":  # not set yet (copy.deepcopy, pickle): nothing to read
+            raise AttributeError(name)
         return getattr(self._config, name)
 
 
