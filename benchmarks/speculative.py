@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
 import sys
 import time
 from pathlib import Path
 
 from darwin_modifier.data import fetch_default_model
-from darwin_modifier.latency.measure import CPU_ENV, device_name
+from darwin_modifier.latency.measure import CPU_ENV, device_name, in_own_process
 
 COUNTERS = {
     "vllm:spec_decode_num_drafts": "drafts",
@@ -43,31 +42,31 @@ def prompts_from_docs(model_dir: str, count: int, length: int) -> list[list[int]
     return [w.tolist() for w in windows]
 
 
-def run_engine(model: str, draft: str | None, k: int, args: dict, queue) -> None:
+def run_engine(model: str, draft: str | None, k: int, args: dict) -> dict:
     """One engine: every prompt on its own, timed; vLLM's spec-decode counters."""
+    from vllm import LLM
+
+    from darwin_modifier.evaluation.vllm_metrics import timed_generate
+
+    speculative = None
+    if draft is not None:
+        speculative = {
+            "method": "draft_model",
+            "model": draft,
+            "num_speculative_tokens": k,
+        }
+    llm = LLM(
+        model=model,
+        dtype="bfloat16",
+        enforce_eager=args["enforce_eager"],
+        max_model_len=args["prompt_len"] + args["new_tokens"] + k + 8,
+        max_num_seqs=1,
+        seed=0,
+        speculative_config=speculative,
+        disable_log_stats=False,
+        gpu_memory_utilization=0.3,
+    )
     try:
-        from vllm import LLM
-
-        from darwin_modifier.evaluation.vllm_metrics import timed_generate
-
-        speculative = None
-        if draft is not None:
-            speculative = {
-                "method": "draft_model",
-                "model": draft,
-                "num_speculative_tokens": k,
-            }
-        llm = LLM(
-            model=model,
-            dtype="bfloat16",
-            enforce_eager=args["enforce_eager"],
-            max_model_len=args["prompt_len"] + args["new_tokens"] + k + 8,
-            max_num_seqs=1,
-            seed=0,
-            speculative_config=speculative,
-            disable_log_stats=False,
-            gpu_memory_utilization=0.3,
-        )
         timed_generate(llm, args["prompts"][:1], 8)  # warm-up
         seconds, outputs = 0.0, []
         for prompt in args["prompts"]:
@@ -77,21 +76,13 @@ def run_engine(model: str, draft: str | None, k: int, args: dict, queue) -> None
         counters = {
             COUNTERS[m.name]: m.value for m in llm.get_metrics() if m.name in COUNTERS
         }
+    finally:
         llm.llm_engine.engine_core.shutdown()
-        queue.put(("ok", {"seconds": seconds, "outputs": outputs, **counters}))
-    except Exception as err:  # reported by the parent, with the configuration
-        queue.put(("error", f"{type(err).__name__}: {err}"))
+    return {"seconds": seconds, "outputs": outputs, **counters}
 
 
-def in_own_process(model: str, draft: str | None, k: int, args: dict) -> dict:
-    context = mp.get_context("spawn")
-    queue = context.Queue()
-    process = context.Process(target=run_engine, args=(model, draft, k, args, queue))
-    process.start()
-    status, value = queue.get()
-    process.join(60)
-    if process.is_alive():
-        process.kill()
+def engine_run(model: str, draft: str | None, k: int, args: dict) -> dict:
+    status, value = in_own_process(run_engine, model, draft, k, args)
     if status != "ok":
         raise RuntimeError(value)
     return value
@@ -120,7 +111,7 @@ def main(argv=None) -> dict:
         "enforce_eager": not args.compiled,
     }
     tokens = args.prompts * args.new_tokens
-    alone = in_own_process(model, None, 0, run)
+    alone = engine_run(model, None, 0, run)
     result = {
         "model": model,
         "draft": draft,
@@ -130,7 +121,7 @@ def main(argv=None) -> dict:
     }
     for k in args.k:
         try:
-            spec = in_own_process(model, draft, k, run)
+            spec = engine_run(model, draft, k, run)
         except RuntimeError as err:
             result[f"k{k}"] = {"error": str(err)}
             print(f"k={k}: vLLM refused draft-model speculation: {err}")

@@ -147,10 +147,10 @@ def _timed(llm, vocab: int, settings: dict) -> dict:
     }
 
 
-def _child(model: dict, settings: dict, queue) -> None:
+def _child(function, args: tuple, queue) -> None:
     os.setsid()  # its own process group: the engine's processes go with it
     try:
-        queue.put(("ok", time_model(model, settings)))
+        queue.put(("ok", function(*args)))
     except BaseException as err:  # the parent reports it with the model's name
         queue.put(("error", f"{type(err).__name__}: {err}"))
 
@@ -173,7 +173,7 @@ def measure(spec: dict, out: Path) -> dict:
         name, key = model["name"], _key(model)
         if key in done:
             continue
-        status, value = _in_own_process(model, spec["settings"])
+        status, value = in_own_process(time_model, model, spec["settings"])
         if status != "ok":
             raise RuntimeError(f"vLLM could not time model {name!r}: {value}")
         done[key] = value
@@ -199,12 +199,13 @@ def measure(spec: dict, out: Path) -> dict:
     return result
 
 
-def _in_own_process(model: dict, settings: dict) -> tuple[str, object]:
-    """Run :func:`time_model` in a spawned process; whatever happens, its process
-    group (the engine's processes too) is gone afterwards."""
+def in_own_process(function, *args) -> tuple[str, object]:
+    """``("ok", function(*args))`` or ``("error", why)``, run in a spawned process
+    (one vLLM engine per process); whatever happens, its process group (the
+    engine's processes too) is gone afterwards."""
     context = mp.get_context("spawn")
     queue = context.Queue()
-    process = context.Process(target=_child, args=(model, settings, queue))
+    process = context.Process(target=_child, args=(function, args, queue))
     process.start()
     try:
         while True:
