@@ -26,7 +26,7 @@ setup: $(COMPRESS)/.stamp $(SERVE)/.stamp
 $(COMPRESS)/.stamp: pyproject.toml
 	$(PYTHON) -m venv $(COMPRESS)
 	$(COMPRESS)/bin/pip install $(PIP_FLAGS) $(TORCH)
-	$(COMPRESS)/bin/pip install $(PIP_FLAGS) -e '.[compress,eval,test]'
+	$(COMPRESS)/bin/pip install $(PIP_FLAGS) -e '.[compress,eval,test,bench]'
 	$(call install_startup_hook,$(COMPRESS))
 	touch $@
 

@@ -1,25 +1,47 @@
-"""Quality at equal size: dense vs uniform vs DarwinLM vs the EvoPress-style ablation.
+"""Quality at equal size, over seeds and targets: uniform, DarwinLM, the EvoPress-style
+ablation, Torch-Pruning, and a knapsack on the database's own errors.
 
-    python benchmarks/quality.py --json results/quality.json [--scale paper]
+    python benchmarks/quality.py --json results/quality.json \
+        [--targets 0.5 0.35] [--seeds 0 1 2] [--posttrain-tokens 16384]
 
-One database (built once, cached in --work), then two searches from the same uniform
-parent and budget: DarwinLM (training-aware selection, ``TrainedKL``) and the ablation
-without light training (``untrained_kl``: EvoPress-style selection on the same
-windows). All four models are
-measured on the same held-out windows: perplexity and KL(dense ‖ model).
+One database (built once, cached in ``--work``). For each target (fraction of the
+decoder-block parameters kept) and seed, two searches from the same uniform parent and
+budget: DarwinLM (training-aware selection, ``TrainedKL``) and the ablation without
+light training (``untrained_kl``: EvoPress-style selection on the same windows). Next
+to them, at the same total parameters:
+
+- ``uniform``: the search's first parent (every module at one level, remainder spread
+  over the depth); deterministic, so its std is 0.
+- ``torch_pruning``: Torch-Pruning 1.6.1 with first-order Taylor importance on the
+  seed's calibration windows, the same ratio in every layer
+  (``benchmarks/torch_pruning_peer.py``).
+- ``obs_knapsack``: the training-free allocation of least summed relative OBS error
+  (:mod:`darwin_modifier.search.warm_start`), as ZipLM / SPDY allocate; one-shot.
+
+With ``--posttrain-tokens``, uniform, the first seed's DarwinLM and the first seed's
+Torch-Pruning model are then trained on the same tokens (cross-entropy) and measured
+again. Every model is measured on the same held-out windows: perplexity and
+KL(dense ‖ model). Searches resume from their state after a kill; finished
+evaluations are kept in ``--work/evaluations.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import statistics
+import tempfile
 import time
 from pathlib import Path
 
 import torch
+from torch_pruning_peer import describe, prune_to_params
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from darwin_modifier.artifacts import write_json
 from darwin_modifier.data import fetch_default_model
+from darwin_modifier.data.windows import load_texts, token_windows
 from darwin_modifier.evaluation.quality import count_params, evaluate, heldout_windows
 from darwin_modifier.modifier.entry import build_database
 from darwin_modifier.pipeline import (
@@ -29,22 +51,31 @@ from darwin_modifier.pipeline import (
     plan_of,
     search,
 )
+from darwin_modifier.search.budget import Budget
 from darwin_modifier.search.fitness import TrainedKL, untrained_kl
+from darwin_modifier.search.warm_start import database_errors, least_error_genome
+from darwin_modifier.training.config import PostTrainConfig
+from darwin_modifier.training.posttrain import post_train
 
+# The demo's schedule (recipes/smollm2_cpu.yaml) for 6 generations: about 6 min per
+# DarwinLM search and 3 min per ablation on a 2-core CPU.
 CPU_SCHEDULE = dict(
-    generations=16,
-    offspring=8,
+    generations=6,
+    offspring=6,
     selection_stages=[
-        {"survivors": 4, "train_tokens": 512, "fitness_tokens": 1024},
-        {"survivors": 2, "train_tokens": 1024, "fitness_tokens": 2048},
-        {"survivors": 1, "train_tokens": 2048, "fitness_tokens": 4096},
+        {"survivors": 3, "train_tokens": 256, "fitness_tokens": 1024},
+        {"survivors": 1, "train_tokens": 1024, "fitness_tokens": 2048},
     ],
+    learning_rate=1e-5,
+    fitness="kl",
     search_seq_len=256,
-    fitness_pool_tokens=16384,
-    train_pool_tokens=65536,
-    fitness="topk_kl",
+    fitness_pool_tokens=8192,
+    train_pool_tokens=16384,
+    probe_tokens=0,
 )
 PAPER_SCHEDULE = dict(search_seq_len=4096)  # the modifier's defaults are the paper's
+SEARCHED = {"darwinlm": TrainedKL, "evopress": untrained_kl}
+ROWS = ("uniform", "darwinlm", "evopress", "torch_pruning", "obs_knapsack")
 
 
 def main() -> None:
@@ -52,11 +83,13 @@ def main() -> None:
     parser.add_argument("--json", required=True)
     parser.add_argument("--model", default=None, help="default: embedded SmolLM2")
     parser.add_argument("--work", default="results/quality")
-    parser.add_argument("--target-fraction", type=float, default=0.5)
+    parser.add_argument("--targets", type=float, nargs="+", default=[0.5, 0.35])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--scale", choices=["cpu", "paper"], default="cpu")
     parser.add_argument("--generations", type=int, default=None)
     parser.add_argument("--gqa-mode", default="kv_group")
-    parser.add_argument("--eval-windows", type=int, default=64)
+    parser.add_argument("--eval-windows", type=int, default=24)
+    parser.add_argument("--posttrain-tokens", type=int, default=0)
     args = parser.parse_args()
     start = time.time()
     work = Path(args.work)
@@ -64,57 +97,197 @@ def main() -> None:
     schedule = dict(CPU_SCHEDULE if args.scale == "cpu" else PAPER_SCHEDULE)
     if args.generations is not None:
         schedule["generations"] = args.generations
-    common = dict(
-        target_fraction=args.target_fraction,
-        gqa_mode=args.gqa_mode,
-        database_dir=str(work / "database"),
-        **schedule,
-    )
 
     dense = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     store = _database(model_dir, work, args.gqa_mode, dense.config)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    heldout = heldout_windows(tokenizer, seq_len=512, num_windows=args.eval_windows)
+    cache = _Evaluations(work / "evaluations.json", heldout)
 
-    genomes, times = {}, {}
-    for name, fitness in (("darwinlm", TrainedKL), ("evopress_ablation", untrained_kl)):
-        config = DarwinLMConfig(**common, search_dir=str(work / f"search_{name}"))
-        t0 = time.time()
-        outcome = search(dense, store, config, fitness, tokenizer)
-        times[name] = time.time() - t0
-        genomes.setdefault("uniform", outcome.uniform)  # same parent and budget
-        genomes[name] = outcome.best
+    report: dict = {"settings": {**schedule, **vars(args)}, "targets": {}}
+    for fraction in args.targets:
+        common = dict(
+            target_fraction=fraction,
+            gqa_mode=args.gqa_mode,
+            database_dir=str(work / "database"),
+            **schedule,
+        )
+        report["targets"][str(fraction)] = _one_target(
+            args, dense, tokenizer, store, common, cache
+        )
+    report["wall_s"] = time.time() - start
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(report, indent=1))
+    _print(report)
 
-    models = {"dense": dense}
+
+def _one_target(args, dense, tokenizer, store, common: dict, cache) -> dict:
+    """Every row of one target: models built, measured, summarised over seeds."""
+    tag = f"t{common['target_fraction']}"
+    work = Path(args.work) / tag
+    models: dict[str, torch.nn.Module] = {}
+    genomes, search_s = {}, {}
+    for seed in args.seeds:
+        for name, fitness in SEARCHED.items():
+            config = DarwinLMConfig(
+                **common, seed=seed, search_dir=str(work / f"{name}_seed{seed}")
+            )
+            t0 = time.time()
+            outcome = search(dense, store, config, fitness, tokenizer)
+            search_s[f"{name}_seed{seed}"] = time.time() - t0
+            genomes["uniform"] = outcome.uniform  # the same parent for every seed
+            genomes[f"{name}_seed{seed}"] = outcome.best
+    budget = Budget.from_store(store)
+    limit = budget.params(genomes["uniform"])
+    errors = database_errors(store)
+    relative = {
+        m: [[e / max(r[-1], 1e-12) for e in r] for r in rows]
+        for m, rows in errors.items()
+    }
+    genomes["obs_knapsack"] = least_error_genome(budget, relative, limit)
     for name, genome in genomes.items():
         models[name] = materialize(dense, store, genome)
-    windows = heldout_windows(tokenizer, seq_len=512, num_windows=args.eval_windows)
-    quality = evaluate(models, windows)
-
-    result = {"settings": {**common, "scale": args.scale}, "search_s": times}
-    for name, model in models.items():
-        result[name] = {**quality[name], "params": count_params(model)}
-        if name in genomes:
-            result[name]["block_params"] = plan_of(store, genomes[name]).block_params()
-    uniform, darwin = result["uniform"], result["darwinlm"]
-    result["ppl_ratio"] = darwin["ppl"] / uniform["ppl"]
-    result["kl_ratio"] = darwin["kl"] / uniform["kl"]
-    result["bar_met"] = result["ppl_ratio"] <= 0.5 and result["kl_ratio"] <= 0.5
-    result["wall_s"] = time.time() - start
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=1))
-    print(f"\n{'model':<18} {'params':>12} {'block params':>13} {'ppl':>9} {'KL':>8}")
-    for name in models:
-        row = result[name]
-        blocks = f"{row['block_params']:,}" if "block_params" in row else "-"
-        print(
-            f"{name:<18} {row['params']:>12,} {blocks:>13} "
-            f"{row['ppl']:>9.2f} {row['kl']:>8.4f}"
+    size = count_params(models["uniform"])
+    shapes = {}
+    for seed in args.seeds:
+        name = f"torch_pruning_seed{seed}"
+        models[name] = prune_to_params(
+            copy.deepcopy(dense),
+            _calibration(tokenizer, seed),
+            size,
+            importance="taylor",
         )
-    print(
-        f"DarwinLM / uniform: ppl x{result['ppl_ratio']:.2f}, "
-        f"KL x{result['kl_ratio']:.2f} "
-        f"(bar: both <= 0.5 -> {'met' if result['bar_met'] else 'NOT met'})"
+        shapes[name] = describe(models[name])
+    measured = cache.measure(tag, dense, models)
+
+    result: dict = {"search_s": search_s, "torch_pruning_shapes": shapes}
+    for row in ROWS:
+        names = [n for n in measured if n == row or n.startswith(f"{row}_seed")]
+        result[row] = _summary({n: measured[n] for n in names})
+        result[row]["params"] = round(
+            statistics.mean(count_params(models[n]) for n in names)
+        )
+        if row in ("uniform", "obs_knapsack"):
+            result[row]["block_params"] = plan_of(store, genomes[row]).block_params()
+    result["dense"] = measured["dense"]
+    uniform = result["uniform"]
+    for row in ("darwinlm", "evopress", "torch_pruning", "obs_knapsack"):
+        result[f"{row}_over_uniform"] = {
+            "ppl": result[row]["ppl_mean"] / uniform["ppl_mean"],
+            "kl": result[row]["kl_mean"] / uniform["kl_mean"],
+        }
+    darwin = result["darwinlm"]["seeds"]
+    result["every_seed_ahead_of_uniform"] = all(
+        s["ppl"] < uniform["ppl_mean"] and s["kl"] < uniform["kl_mean"]
+        for s in darwin.values()
     )
+    result["darwinlm_ahead_of_evopress"] = all(
+        result["darwinlm"][f"{q}_mean"] < result["evopress"][f"{q}_mean"]
+        for q in ("ppl", "kl")
+    )
+    if args.posttrain_tokens:
+        first = args.seeds[0]
+        chosen = {
+            "uniform": models["uniform"],
+            "darwinlm": models[f"darwinlm_seed{first}"],
+            "torch_pruning": models[f"torch_pruning_seed{first}"],
+        }
+        result["posttrained"] = _post_trained(
+            args, tag, dense, tokenizer, chosen, cache
+        )
+    return result
+
+
+def _post_trained(args, tag, dense, tokenizer, models, cache) -> dict:
+    """The same training tokens for each model (cross-entropy, the paper's loss)."""
+    windows = token_windows(
+        load_texts("python-docs", "train"),
+        tokenizer,
+        256,
+        args.posttrain_tokens // 256,
+        7,
+    )
+    settings = PostTrainConfig(
+        tokens=args.posttrain_tokens, learning_rate=5e-5, warmup_steps=8
+    )
+    trained = {}
+    for name, model in models.items():
+        if cache.has(tag, f"{name}_trained"):
+            trained[f"{name}_trained"] = model  # measured already: not trained again
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            post_train(model, windows, settings, tmp)
+        trained[f"{name}_trained"] = model
+    measured = cache.measure(tag, dense, trained)
+    return {
+        "tokens": args.posttrain_tokens,
+        **{name: measured[f"{name}_trained"] for name in models},
+    }
+
+
+class _Evaluations:
+    """Held-out PPL and KL per model, kept on disk so that a rerun skips them."""
+
+    def __init__(self, path: Path, heldout: torch.Tensor):
+        self.path, self.heldout = path, heldout
+        self.done = json.loads(path.read_text()) if path.exists() else {}
+
+    def has(self, tag: str, name: str) -> bool:
+        return name in self.done.get(tag, {})
+
+    def measure(self, tag: str, dense, models: dict) -> dict:
+        todo = {n: m for n, m in models.items() if not self.has(tag, n)}
+        if todo:
+            measured = evaluate({"dense": dense, **todo}, self.heldout)
+            self.done.setdefault(tag, {}).update(measured)
+            write_json(self.path, self.done)
+        return {n: self.done[tag][n] for n in ["dense", *models]}
+
+
+def _summary(per_model: dict[str, dict]) -> dict:
+    ppl = [m["ppl"] for m in per_model.values()]
+    kl = [m["kl"] for m in per_model.values()]
+
+    def std(values):
+        return statistics.stdev(values) if len(values) > 1 else 0.0
+
+    return {
+        "ppl_mean": statistics.mean(ppl),
+        "ppl_std": std(ppl),
+        "kl_mean": statistics.mean(kl),
+        "kl_std": std(kl),
+        "seeds": per_model,
+    }
+
+
+def _calibration(tokenizer, seed: int) -> torch.Tensor:
+    """Torch-Pruning's importance windows: 16 x 256 training tokens, by seed."""
+    return token_windows(load_texts("python-docs", "train"), tokenizer, 256, 16, seed)
+
+
+def _print(report: dict) -> None:
+    print(f"\n{'target':<7} {'model':<15} {'params':>12} {'ppl':>16} {'KL':>16}")
+    for target, result in report["targets"].items():
+        for row in ROWS:
+            r = result[row]
+            print(
+                f"{target:<7} {row:<15} {r['params']:>12,} "
+                f"{r['ppl_mean']:>9.2f} ± {r['ppl_std']:<5.2f}"
+                f"{r['kl_mean']:>9.4f} ± {r['kl_std']:<6.4f}"
+            )
+        for name, r in result.get("posttrained", {}).items():
+            if name != "tokens":
+                print(
+                    f"{target:<7} {name + ' +PT':<15} {'':>12} {r['ppl']:>9.2f}"
+                    f"{'':>8}{r['kl']:>9.4f}"
+                )
+        ratio = result["darwinlm_over_uniform"]
+        print(
+            f"{target:<7} DarwinLM / uniform: ppl x{ratio['ppl']:.2f}, KL "
+            f"x{ratio['kl']:.2f}; every seed ahead: "
+            f"{result['every_seed_ahead_of_uniform']}; ahead of EvoPress-style: "
+            f"{result['darwinlm_ahead_of_evopress']}"
+        )
 
 
 def _database(model_dir, work: Path, gqa_mode: str, config):

@@ -207,6 +207,10 @@ class Budget:
                         f"[0, {self.num_levels(module, i) - 1}]"
                     )
 
+    def canonical_level(self, module: str, layer: int, level: int) -> int:
+        """The first level with the same params as ``level`` (the same block)."""
+        return self._canon[module][layer][level]
+
     def canonical(self, genome: Genome) -> Genome:
         """Each level moved to the first level with the same params (same block)."""
         self.validate(genome)
