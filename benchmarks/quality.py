@@ -39,7 +39,7 @@ import torch
 from torch_pruning_peer import describe, prune_to_params
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from darwin_modifier.artifacts import write_json
+from darwin_modifier.artifacts import digest, tokens_digest, write_json
 from darwin_modifier.data import fetch_default_model
 from darwin_modifier.data.windows import load_texts, token_windows
 from darwin_modifier.evaluation.quality import count_params, evaluate, heldout_windows
@@ -48,7 +48,6 @@ from darwin_modifier.pipeline import (
     DarwinLMConfig,
     load_database,
     materialize,
-    plan_of,
     search,
 )
 from darwin_modifier.search.budget import Budget
@@ -75,6 +74,7 @@ CPU_SCHEDULE = dict(
 )
 PAPER_SCHEDULE = dict(search_seq_len=4096)  # the modifier's defaults are the paper's
 SEARCHED = {"darwinlm": TrainedKL, "evopress": untrained_kl}
+BARS = {0.5: 0.80, 0.35: 0.70}  # DarwinLM / uniform, PPL and KL, per target
 ROWS = ("uniform", "darwinlm", "evopress", "torch_pruning", "obs_knapsack")
 
 
@@ -137,38 +137,45 @@ def _one_target(args, dense, tokenizer, store, common: dict, cache) -> dict:
             search_s[f"{name}_seed{seed}"] = time.time() - t0
             genomes["uniform"] = outcome.uniform  # the same parent for every seed
             genomes[f"{name}_seed{seed}"] = outcome.best
+    # every row at the searches' budget: the uniform parent is the densest
+    # near-uniform genome within it, the others fill it as far as they can
     budget = Budget.from_store(store)
-    limit = budget.params(genomes["uniform"])
+    limit = int(common["target_fraction"] * budget.dense_params())
     errors = database_errors(store)
     relative = {
         m: [[e / max(r[-1], 1e-12) for e in r] for r in rows]
         for m, rows in errors.items()
     }
-    genomes["obs_knapsack"] = least_error_genome(budget, relative, limit)
+    genomes["obs_knapsack"] = least_error_genome(budget, relative, limit, grid=1 << 16)
     for name, genome in genomes.items():
         models[name] = materialize(dense, store, genome)
-    size = count_params(models["uniform"])
+    embeddings = count_params(dense) - budget.dense_params()
     shapes = {}
     for seed in args.seeds:
         name = f"torch_pruning_seed{seed}"
         models[name] = prune_to_params(
             copy.deepcopy(dense),
             _calibration(tokenizer, seed),
-            size,
+            embeddings + limit,
             importance="taylor",
         )
         shapes[name] = describe(models[name])
-    measured = cache.measure(tag, dense, models)
+    fingerprints = {n: {"genome": g.to_dict()} for n, g in genomes.items()}
+    fingerprints.update({n: {"shape": shape} for n, shape in shapes.items()})
+    measured = cache.measure(tag, dense, models, fingerprints)
 
-    result: dict = {"search_s": search_s, "torch_pruning_shapes": shapes}
+    result: dict = {
+        "budget_block_params": limit,
+        "search_s": search_s,  # this run's time: a resumed search counts only the rest
+        "torch_pruning_shapes": shapes,
+    }
     for row in ROWS:
         names = [n for n in measured if n == row or n.startswith(f"{row}_seed")]
         result[row] = _summary({n: measured[n] for n in names})
-        result[row]["params"] = round(
-            statistics.mean(count_params(models[n]) for n in names)
-        )
-        if row in ("uniform", "obs_knapsack"):
-            result[row]["block_params"] = plan_of(store, genomes[row]).block_params()
+        params = [count_params(models[n]) for n in names]
+        result[row]["params"] = round(statistics.mean(params))
+        for name, count in zip(names, params):
+            result[row]["seeds"][name]["params"] = count
     result["dense"] = measured["dense"]
     uniform = result["uniform"]
     for row in ("darwinlm", "evopress", "torch_pruning", "obs_knapsack"):
@@ -185,20 +192,31 @@ def _one_target(args, dense, tokenizer, store, common: dict, cache) -> dict:
         result["darwinlm"][f"{q}_mean"] < result["evopress"][f"{q}_mean"]
         for q in ("ppl", "kl")
     )
+    bar = BARS.get(common["target_fraction"])
+    if bar is not None:  # the issue's bar: DarwinLM / uniform, PPL and KL
+        ratio = result["darwinlm_over_uniform"]
+        result["bar"] = bar
+        result["bar_met"] = (
+            max(ratio.values()) <= bar
+            and result["every_seed_ahead_of_uniform"]
+            and result["darwinlm_ahead_of_evopress"]
+        )
     if args.posttrain_tokens:
         first = args.seeds[0]
         chosen = {
-            "uniform": models["uniform"],
-            "darwinlm": models[f"darwinlm_seed{first}"],
-            "torch_pruning": models[f"torch_pruning_seed{first}"],
+            "uniform": "uniform",
+            "darwinlm": f"darwinlm_seed{first}",
+            "torch_pruning": f"torch_pruning_seed{first}",
         }
         result["posttrained"] = _post_trained(
-            args, tag, dense, tokenizer, chosen, cache
+            args, tag, dense, tokenizer, models, chosen, fingerprints, cache
         )
     return result
 
 
-def _post_trained(args, tag, dense, tokenizer, models, cache) -> dict:
+def _post_trained(
+    args, tag, dense, tokenizer, models, chosen, fingerprints, cache
+) -> dict:
     """The same training tokens for each model (cross-entropy, the paper's loss)."""
     windows = token_windows(
         load_texts("python-docs", "train"),
@@ -210,38 +228,55 @@ def _post_trained(args, tag, dense, tokenizer, models, cache) -> dict:
     settings = PostTrainConfig(
         tokens=args.posttrain_tokens, learning_rate=5e-5, warmup_steps=8
     )
-    trained = {}
-    for name, model in models.items():
-        if cache.has(tag, f"{name}_trained"):
-            trained[f"{name}_trained"] = model  # measured already: not trained again
-            continue
-        with tempfile.TemporaryDirectory() as tmp:
-            post_train(model, windows, settings, tmp)
-        trained[f"{name}_trained"] = model
-    measured = cache.measure(tag, dense, trained)
-    return {
-        "tokens": args.posttrain_tokens,
-        **{name: measured[f"{name}_trained"] for name in models},
+    trained, prints = {}, {}
+    for name in chosen.values():
+        key = f"{name}_trained"
+        prints[key] = {**fingerprints[name], "training": settings.training_settings()}
+        model = models[name]
+        if not cache.has(tag, key, prints[key]):  # else measured already
+            with tempfile.TemporaryDirectory() as tmp:
+                post_train(model, windows, settings, tmp)
+        trained[key] = model
+    measured = cache.measure(tag, dense, trained, prints)
+    rows = {
+        row: {**measured[f"{name}_trained"], "model": name}
+        for row, name in chosen.items()
     }
+    return {"tokens": args.posttrain_tokens, **rows}
 
 
 class _Evaluations:
-    """Held-out PPL and KL per model, kept on disk so that a rerun skips them."""
+    """Held-out PPL and KL per model, kept on disk so that a rerun skips them; an
+    entry counts only for the same held-out windows and the same model (genome,
+    pruned shape, training), so a changed setting is measured again."""
 
     def __init__(self, path: Path, heldout: torch.Tensor):
-        self.path, self.heldout = path, heldout
+        self.path, self.windows = path, tokens_digest(heldout)
+        self.heldout = heldout
         self.done = json.loads(path.read_text()) if path.exists() else {}
 
-    def has(self, tag: str, name: str) -> bool:
-        return name in self.done.get(tag, {})
+    def _key(self, fingerprint: dict) -> str:
+        return digest({"windows": self.windows, **fingerprint})
 
-    def measure(self, tag: str, dense, models: dict) -> dict:
-        todo = {n: m for n, m in models.items() if not self.has(tag, n)}
-        if todo:
+    def has(self, tag: str, name: str, fingerprint: dict) -> bool:
+        entry = self.done.get(tag, {}).get(name)
+        return entry is not None and entry["key"] == self._key(fingerprint)
+
+    def measure(self, tag: str, dense, models: dict, fingerprints: dict) -> dict:
+        fingerprints = {**fingerprints, "dense": {"dense": True}}
+        todo = {
+            n: m for n, m in models.items() if not self.has(tag, n, fingerprints[n])
+        }
+        if todo or not self.has(tag, "dense", fingerprints["dense"]):
             measured = evaluate({"dense": dense, **todo}, self.heldout)
-            self.done.setdefault(tag, {}).update(measured)
+            for name, values in measured.items():
+                key = self._key(fingerprints[name])
+                self.done.setdefault(tag, {})[name] = {**values, "key": key}
             write_json(self.path, self.done)
-        return {n: self.done[tag][n] for n in ["dense", *models]}
+        return {
+            n: {k: v for k, v in self.done[tag][n].items() if k != "key"}
+            for n in ["dense", *models]
+        }
 
 
 def _summary(per_model: dict[str, dict]) -> dict:

@@ -213,7 +213,7 @@ def prune_to_params(
         raise ValueError(
             f"importance must be one of {sorted(scorers)}, not {importance!r}"
         )
-    shape = plan(model, target_params)
+    shape, hidden = plan(model, target_params), model.config.hidden_size
     if importance == "taylor":
         _accumulate_gradients(model, calibration)
     try:
@@ -222,8 +222,9 @@ def prune_to_params(
         model.zero_grad(set_to_none=True)
     _sync_config(model, shape)
     got = describe(model)
-    mismatch = any(layer != asdict(shape) for layer in got["layers"])
-    if mismatch or got["params"] > target_params:
+    planned = {**asdict(shape), "hidden_size": hidden}  # hidden never pruned
+    mismatch = any(layer != planned for layer in got["layers"])
+    if mismatch or got["params"] > target_params or got["hidden_size"] != hidden:
         raise RuntimeError(f"Torch-Pruning produced {got}, planned {shape}")
     return model
 
@@ -238,6 +239,7 @@ def describe(model: nn.Module) -> dict:
                 "q_heads": attn.q_proj.out_features // attn.head_dim,
                 "kv_heads": attn.k_proj.out_features // attn.head_dim,
                 "mlp_width": layer.mlp.gate_proj.out_features,
+                "hidden_size": attn.q_proj.in_features,
             }
         )
     return {
@@ -245,6 +247,6 @@ def describe(model: nn.Module) -> dict:
         "torch_pruning": version("torch-pruning"),  # tp.__version__ says 1.6.0
         "params": count_params(model),
         "head_dim": model.model.layers[0].self_attn.head_dim,
-        "hidden_size": model.config.hidden_size,
+        "hidden_size": model.model.embed_tokens.weight.shape[1],
         "layers": layers,
     }

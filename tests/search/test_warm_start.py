@@ -55,6 +55,19 @@ def test_least_error_genome_is_the_knapsack_optimum_within_the_limit(seed):
     assert value == pytest.approx(_brute_force(budget, errors, limit))
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_a_coarse_grid_loses_at_most_one_cell_per_block(seed):
+    budget, errors = _random_case(seed)
+    limit, grid = int(0.5 * budget.dense_cost()), 50
+    genome = least_error_genome(budget, errors, limit, grid=grid)
+    value = sum(
+        errors[m][i][lv] for m in MODULES for i, lv in enumerate(genome.levels(m))
+    )
+    blocks = 2 * budget.num_layers
+    assert budget.cost(genome) <= limit
+    assert value <= _brute_force(budget, errors, limit - blocks * -(-limit // grid))
+
+
 def test_coarse_grid_still_holds_the_limit_and_puts_error_where_it_is_cheap():
     budget = Budget(ragged_table(6))
     # later layers cheap to prune, early ones expensive
@@ -76,6 +89,9 @@ def test_errors_of_another_shape_and_impossible_limits_are_refused():
         least_error_genome(budget, {**errors, "mlp": [[0.0] * 3] * 2}, 10**6)
     with pytest.raises(ValueError, match="limit must be > 0"):
         least_error_genome(budget, errors, 0)
+    smallest = budget.cost(Genome((10, 10), (10, 10)))
+    with pytest.raises(ValueError, match="every block would go"):
+        least_error_genome(budget, errors, smallest + 1)
 
 
 def test_database_errors_reads_every_level_of_every_layer():
