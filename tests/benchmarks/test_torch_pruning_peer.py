@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
 from darwin_modifier.evaluation.quality import count_params
+from tests.conftest import tiny_model
 
 # one file from benchmarks/, without putting the folder (serve.py, memory.py...) on
 # the path of the whole test session
@@ -29,18 +30,14 @@ HEAD_DIM = 16
 
 @pytest.fixture(scope="module")
 def dense() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(
+    # 6 query heads in 2 KV groups: 3, 2 or 1 query heads per group can stay
+    return tiny_model(
         vocab_size=256,
         hidden_size=96,
         num_hidden_layers=2,
         num_attention_heads=6,
-        num_key_value_heads=2,
-        head_dim=HEAD_DIM,
         intermediate_size=128,
-        tie_word_embeddings=True,
     )
-    return LlamaForCausalLM(config).eval()
 
 
 def _zeroed_reference(dense, pruned):
