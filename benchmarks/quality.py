@@ -2,7 +2,7 @@
 ablation, Torch-Pruning, and a knapsack on the database's own errors.
 
     python benchmarks/quality.py --json results/quality.json \
-        [--targets 0.5 0.35] [--seeds 0 1 2] [--posttrain-tokens 16384]
+        [--targets 0.5 0.35] [--seeds 0 1 2] [--posttrain-tokens 8192]
 
 One database (built once, cached in ``--work``). For each target (fraction of the
 decoder-block parameters kept) and seed, two searches from the same uniform parent and
