@@ -102,7 +102,7 @@ def main() -> None:
     store = _database(model_dir, work, args.gqa_mode, dense.config)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     heldout = heldout_windows(tokenizer, seq_len=512, num_windows=args.eval_windows)
-    cache = _Evaluations(work / "evaluations.json", heldout)
+    cache = _Evaluations(work / "evaluations.json", heldout, store)
 
     report: dict = {"settings": {**schedule, **vars(args)}, "targets": {}}
     for fraction in args.targets:
@@ -231,7 +231,11 @@ def _post_trained(
     trained, prints = {}, {}
     for name in chosen.values():
         key = f"{name}_trained"
-        prints[key] = {**fingerprints[name], "training": settings.training_settings()}
+        prints[key] = {
+            **fingerprints[name],
+            "training": settings.training_settings(),
+            "data": ["python-docs", 256, 7],  # the windows below
+        }
         model = models[name]
         if not cache.has(tag, key, prints[key]):  # else measured already
             with tempfile.TemporaryDirectory() as tmp:
@@ -250,13 +254,16 @@ class _Evaluations:
     entry counts only for the same held-out windows and the same model (genome,
     pruned shape, training), so a changed setting is measured again."""
 
-    def __init__(self, path: Path, heldout: torch.Tensor):
+    def __init__(self, path: Path, heldout: torch.Tensor, store):
         self.path, self.windows = path, tokens_digest(heldout)
+        self.database = store.digest()  # its inputs (dense weights included) too
         self.heldout = heldout
         self.done = json.loads(path.read_text()) if path.exists() else {}
 
     def _key(self, fingerprint: dict) -> str:
-        return digest({"windows": self.windows, **fingerprint})
+        return digest(
+            {"windows": self.windows, "database": self.database, **fingerprint}
+        )
 
     def has(self, tag: str, name: str, fingerprint: dict) -> bool:
         entry = self.done.get(tag, {}).get(name)
@@ -328,12 +335,17 @@ def _print(report: dict) -> None:
 def _database(model_dir, work: Path, gqa_mode: str, config):
     root = work / "database"
     try:
-        return load_database(root, config)  # built by an earlier run
-    except (FileNotFoundError, ValueError):
-        pass
-    return build_database(
-        model_dir, root, gqa_mode=gqa_mode, search_dir=str(work / "db_only")
-    )
+        store = load_database(root, config)  # built by an earlier run
+    except (FileNotFoundError, ValueError):  # none yet, or unfinished: build resumes
+        return build_database(
+            model_dir, root, gqa_mode=gqa_mode, search_dir=str(work / "db_only")
+        )
+    if store.manifest["gqa_mode"] != gqa_mode:
+        raise ValueError(
+            f"{root} holds a {store.manifest['gqa_mode']} database, not {gqa_mode}; "
+            "use another --work"
+        )
+    return store
 
 
 if __name__ == "__main__":
