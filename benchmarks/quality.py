@@ -42,6 +42,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from darwin_modifier.artifacts import digest, tokens_digest, write_json
 from darwin_modifier.data import fetch_default_model
 from darwin_modifier.data.windows import load_texts, token_windows
+from darwin_modifier.demo import recipe_modifier
 from darwin_modifier.evaluation.quality import count_params, evaluate, heldout_windows
 from darwin_modifier.modifier.entry import build_database
 from darwin_modifier.pipeline import (
@@ -56,25 +57,11 @@ from darwin_modifier.search.warm_start import database_errors, least_error_genom
 from darwin_modifier.training.config import PostTrainConfig
 from darwin_modifier.training.posttrain import post_train
 
-# The demo's schedule (recipes/smollm2_cpu.yaml) for 6 generations: about 6 min per
-# DarwinLM search and 3 min per ablation on a 2-core CPU.
-CPU_SCHEDULE = dict(
-    generations=6,
-    offspring=6,
-    selection_stages=[
-        {"survivors": 3, "train_tokens": 256, "fitness_tokens": 1024},
-        {"survivors": 1, "train_tokens": 1024, "fitness_tokens": 2048},
-    ],
-    learning_rate=1e-5,
-    fitness="kl",
-    search_seq_len=256,
-    fitness_pool_tokens=8192,
-    train_pool_tokens=16384,
-    probe_tokens=0,
-)
+DEMO_RECIPE = Path(__file__).parents[1] / "recipes" / "smollm2_cpu.yaml"
 PAPER_SCHEDULE = dict(search_seq_len=4096)  # the modifier's defaults are the paper's
 SEARCHED = {"darwinlm": TrainedKL, "evopress": untrained_kl}
 BARS = {0.5: 0.80, 0.35: 0.70}  # DarwinLM / uniform, PPL and KL, per target
+POSTTRAIN_DATA = ("python-docs", 256, 7)  # source, window length, seed
 ROWS = ("uniform", "darwinlm", "evopress", "torch_pruning", "obs_knapsack")
 
 
@@ -94,7 +81,7 @@ def main() -> None:
     start = time.time()
     work = Path(args.work)
     model_dir = args.model or fetch_default_model()
-    schedule = dict(CPU_SCHEDULE if args.scale == "cpu" else PAPER_SCHEDULE)
+    schedule = _cpu_schedule() if args.scale == "cpu" else dict(PAPER_SCHEDULE)
     if args.generations is not None:
         schedule["generations"] = args.generations
 
@@ -130,7 +117,11 @@ def _one_target(args, dense, tokenizer, store, common: dict, cache) -> dict:
     for seed in args.seeds:
         for name, fitness in SEARCHED.items():
             config = DarwinLMConfig(
-                **common, seed=seed, search_dir=str(work / f"{name}_seed{seed}")
+                **{
+                    **common,
+                    "seed": seed,
+                    "search_dir": str(work / f"{name}_seed{seed}"),
+                }
             )
             t0 = time.time()
             outcome = search(dense, store, config, fitness, tokenizer)
@@ -218,12 +209,13 @@ def _post_trained(
     args, tag, dense, tokenizer, models, chosen, fingerprints, cache
 ) -> dict:
     """The same training tokens for each model (cross-entropy, the paper's loss)."""
+    source, seq_len, seed = POSTTRAIN_DATA
     windows = token_windows(
-        load_texts("python-docs", "train"),
+        load_texts(source, "train"),
         tokenizer,
-        256,
-        args.posttrain_tokens // 256,
-        7,
+        seq_len,
+        args.posttrain_tokens // seq_len,
+        seed,
     )
     settings = PostTrainConfig(
         tokens=args.posttrain_tokens, learning_rate=5e-5, warmup_steps=8
@@ -234,7 +226,7 @@ def _post_trained(
         prints[key] = {
             **fingerprints[name],
             "training": settings.training_settings(),
-            "data": ["python-docs", 256, 7],  # the windows below
+            "data": POSTTRAIN_DATA,
         }
         model = models[name]
         if not cache.has(tag, key, prints[key]):  # else measured already
@@ -300,6 +292,13 @@ def _summary(per_model: dict[str, dict]) -> dict:
         "kl_std": std(kl),
         "seeds": per_model,
     }
+
+
+def _cpu_schedule() -> dict:
+    """The demo recipe's search for 6 generations, without its probe curve: 4-6.5 min
+    per DarwinLM search and 2.3-4 min per ablation on a 2-core CPU."""
+    demo = recipe_modifier(DEMO_RECIPE, Path("unused"))
+    return {**demo.search_settings(), "generations": 6, "probe_tokens": 0}
 
 
 def _calibration(tokenizer, seed: int) -> torch.Tensor:
